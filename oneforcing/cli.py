@@ -1,0 +1,61 @@
+"""The ``oneforcing`` console script.
+
+``fit | validate | test | predict`` come from LightningCLI (YAML configs, ``--print_config``, dotted
+overrides, the config saved next to the logs). The other commands (``data``, ``sample``) follow the
+same conventions through jsonargparse parsers: ``--config`` YAML, ``--help``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+
+class OneForcingCLI(LightningCLI):
+    """LightningCLI with subclass mode for model and data (``class_path`` / ``init_args`` in YAML)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            parser_kwargs={"default_env": False},
+        )
+
+
+def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
+    from oneforcing.commands.data import data_command
+    from oneforcing.commands.sample import sample_command
+
+    return {"data": data_command, "sample": sample_command}
+
+
+OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
+
+commands:
+  fit | validate | test | predict   Lightning training/evaluation from a YAML config (oneforcing fit --help)
+  data toy                          write the built-in toy world as webdataset shards
+  sample                            videos (GIF/MP4) from a trained checkpoint and prompts
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = _extra_commands()
+    if argv and argv[0] in extra:
+        extra[argv[0]](argv[1:])
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        print(OVERVIEW)
+    OneForcingCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Text encoders: a deterministic one for the toy vocabulary, umT5 (through transformers) for Wan.
+
+Both map a list of prompts to a padded context (B, L, D) whose padding rows are zero, as Wan expects;
+the empty prompt "" encodes to all zeros and serves as the unconditional (CFG) context for the toy.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from oneforcing.models.toy_vocabulary import VOCABULARY
+
+_WORD = re.compile(r"[a-z]+")
+
+
+class ToyTextEncoder(nn.Module):
+    """One-hot word ⊕ one-hot position per token; no parameters, identical on every machine.
+
+    The position code lets cross-attention bind an attribute to its object in two-object captions.
+    """
+
+    def __init__(self, max_tokens: int = 24) -> None:
+        super().__init__()
+        self.max_tokens = max_tokens
+        self.vocabulary = VOCABULARY
+        self.index = {w: i for i, w in enumerate(VOCABULARY)}
+        self.dim = len(VOCABULARY) + max_tokens
+
+    def tokenize(self, prompt: str) -> list[int]:
+        words = _WORD.findall(prompt.lower())
+        unknown = sorted({w for w in words if w not in self.index})
+        if unknown:
+            raise ValueError(
+                f"Prompt {prompt!r} has words outside the toy vocabulary: {unknown}. "
+                f"Use only: {', '.join(self.vocabulary)}."
+            )
+        if len(words) > self.max_tokens:
+            raise ValueError(
+                f"Prompt {prompt!r} has {len(words)} words; the toy encoder takes at most {self.max_tokens}. "
+                "Shorten it or raise max_tokens."
+            )
+        return [self.index[w] for w in words]
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        """prompts -> context (B, L, len(vocab) + L), float32."""
+        token_ids = [self.tokenize(p) for p in prompts]  # validate all before allocating
+        context = torch.zeros(len(prompts), self.max_tokens, self.dim)
+        for b, ids in enumerate(token_ids):
+            for pos, word in enumerate(ids):
+                context[b, pos, word] = 1.0
+                context[b, pos, len(self.vocabulary) + pos] = 1.0
+        return context
+
+
+class UMT5TextEncoder(nn.Module):
+    """Wan's umT5-XXL encoder from a local diffusers/transformers directory; padding positions zeroed."""
+
+    def __init__(self, path: str, max_length: int = 512, dtype: str = "bfloat16") -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"umT5 directory {root} does not exist. Point text_encoder.path at a local copy of the Wan2.1 "
+                "diffusers folder's text_encoder (its tokenizer is read from the sibling 'tokenizer' folder)."
+            )
+        tokenizer_dir = root.parent / "tokenizer" if (root.parent / "tokenizer").is_dir() else root
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        self.model = UMT5EncoderModel.from_pretrained(root, torch_dtype=getattr(torch, dtype), local_files_only=True)
+        self.model.requires_grad_(False)
+        self.max_length = max_length
+        self.dim = self.model.config.d_model
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).to(self.model.device)
+        hidden = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return hidden * tokens.attention_mask[..., None].to(hidden.dtype)  # (B, L, D), padding zeroed

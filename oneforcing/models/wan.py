@@ -1,0 +1,137 @@
+"""The shared backbone: diffusers' WanTransformer3DModel behind the project's (B, F, C, H, W) layout.
+
+One class serves every role (teacher, critic, causal generator). Its configuration is a typed dataclass
+so that YAML (through LightningCLI) reads it field by field; the presets for Wan2.1-T2V-1.3B and 14B live
+in ``configs/wan2.1/`` and in ``WAN21_T2V_1_3B`` / ``WAN21_T2V_14B`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class WanConfig:
+    """WanTransformer3DModel hyper-parameters; the defaults are the toy model (~1.9 M parameters)."""
+
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    ffn_dim: int = 512
+    in_channels: int = 12
+    out_channels: int = 12
+    text_dim: int = 46
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    cross_attn_norm: bool = True
+    qk_norm: str = "rms_norm_across_heads"
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+
+    @property
+    def dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+WAN21_T2V_1_3B = WanConfig(
+    num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
+    in_channels=16, out_channels=16, text_dim=4096,
+)
+WAN21_T2V_14B = WanConfig(
+    num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824,
+    in_channels=16, out_channels=16, text_dim=4096,
+)
+
+
+class WanBackbone(nn.Module):
+    """Velocity predictor v(x_t, σ, context) over latents (B, F, C, H, W).
+
+    σ is (B,) for a bidirectional model (one noise level per video) or (B, F) for per-frame noise levels
+    (the causal student); the latter is passed to diffusers as one timestep per token.
+    """
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = WanTransformer3DModel(**dataclasses.asdict(config))
+
+    @property
+    def tokens_per_frame_divisor(self) -> tuple[int, int]:
+        return self.config.patch_size[1], self.config.patch_size[2]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, F, C, H, W = x.shape
+        p_t, p_h, p_w = self.config.patch_size
+        timestep = 1000.0 * sigma.to(torch.float32)
+        if timestep.ndim == 2:  # per frame (B, F) -> per token (B, F·h·w)
+            timestep = timestep.repeat_interleave((H // p_h) * (W // p_w), dim=1)
+        hidden = rearrange(x, "b f c h w -> b c f h w")
+        out = self.transformer(hidden, timestep, context.to(x.dtype), return_dict=False)[0]
+        return rearrange(out, "b c f h w -> b f c h w")
+
+    def load_weights(self, path: str | Path, strict: bool = True) -> None:
+        """Load a diffusers-format folder or a safetensors file; shape mismatches are reported together."""
+        path = Path(path)
+        if path.is_dir():
+            from safetensors.torch import load_file
+
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{path} holds no *.safetensors weights (expected a diffusers transformer folder).")
+            state = {}
+            for f in files:
+                state.update(load_file(f))
+        elif path.is_file():
+            state = load_state_file(path)
+        else:
+            raise FileNotFoundError(f"Weights {path} do not exist; check the path in the config.")
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+        own = self.transformer.state_dict()
+        mismatched = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items() if k in own and own[k].shape != v.shape
+        ]
+        if mismatched:
+            raise ValueError(
+                f"Weights {path} do not fit this backbone ({len(mismatched)} shape mismatches, e.g. "
+                f"{mismatched[:3]}). The checkpoint was trained with another WanConfig; use the same config."
+            )
+        missing, unexpected = self.transformer.load_state_dict(state, strict=False, assign=own_is_meta(own))
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"Weights {path} do not match this backbone: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})."
+            )
+
+
+def own_is_meta(state: dict[str, torch.Tensor]) -> bool:
+    return any(t.is_meta for t in state.values())
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a .safetensors file, or a torch file loaded with ``weights_only=True`` (no arbitrary code)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k.removeprefix("model.").removeprefix("teacher."): v for k, v in state.items()}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_on_meta(config: WanConfig) -> WanBackbone:
+    """Instantiate without allocating memory (for the 1.3B/14B configurations and sharded loading)."""
+    with torch.device("meta"):
+        return WanBackbone(config)
