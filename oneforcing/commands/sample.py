@@ -1,4 +1,10 @@
-"""``oneforcing sample``: videos from a trained checkpoint and prompts, written as GIF or MP4 files."""
+"""``oneforcing sample``: videos from a trained checkpoint and prompts, written as GIF or MP4 files.
+
+Two samplers: ``euler`` (the bidirectional teacher's many-step ODE sampler with CFG) and ``streaming``
+(the causal student, block by block over a KV cache, 1..N steps per block, optional first-frame
+enhancement and rolling window). ``auto`` picks streaming for distilled students and euler for teachers;
+streaming from a teacher checkpoint runs the causal student initialised from it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
+from oneforcing.sampling.schedules import student_sigmas
+from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import write_video
 
 
@@ -17,21 +25,35 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="oneforcing sample", description="Sample videos from a checkpoint.")
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--checkpoint", type=str, required=True, help=".ckpt or exported .safetensors")
-    p.add_argument("--prompt", type=list[str], default=[], help="one or more prompts (repeat the flag)")
+    p.add_argument("--prompt", type=str, action="append", default=None, help="a prompt (repeat the flag for more)")
     p.add_argument("--prompt-file", "--prompt_file", dest="prompt_file", type=str | None, default=None,
                    help="a text file with one prompt per line")
     p.add_argument("--out", type=str, default="samples")
     p.add_argument("--format", type=str, default="gif", choices=["gif", "mp4"])
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    p.add_argument("--steps", type=int | None, default=None, help="sampling steps (default: the module's)")
-    p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float | None, default=None,
-                   help="CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
+    p.add_argument("--sampler", type=str, default="auto", choices=["auto", "euler", "streaming"])
+    p.add_argument("--steps", type=int | None, default=None,
+                   help="denoising steps (euler: the module's default; streaming: per block, default 1)")
+    p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float | None, default=None,
+                   help="euler only: CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1)")
+    p.add_argument("--block-size", "--block_size", dest="block_size", type=int, default=1,
+                   help="streaming: latent frames per block (1 framewise, 3 chunkwise)")
+    p.add_argument("--first-block-size", "--first_block_size", dest="first_block_size", type=int | None, default=None,
+                   help="streaming: first-frame enhancement, size of the first block (e.g. 4)")
+    p.add_argument("--first-block-steps", "--first_block_steps", dest="first_block_steps", type=int | None,
+                   default=None, help="streaming: steps of the first block (e.g. 4)")
+    p.add_argument("--num-frames", "--num_frames", dest="num_frames", type=int | None, default=None,
+                   help="streaming: latent frames to generate (default: the training length)")
+    p.add_argument("--window", type=int | None, default=None, help="streaming: rolling attention window in frames")
+    p.add_argument("--sink", type=int, default=0, help="streaming: sink frames kept in the rolling window")
+    p.add_argument("--ema", type=bool, default=True, help="streaming: use the generator's EMA weights if present")
+    p.add_argument("--shift", type=float, default=5.0, help="streaming: shift of the warped step list")
     return p
 
 
-def read_prompts(prompts: list[str], prompt_file: str | None) -> list[str]:
-    prompts = list(prompts)
+def read_prompts(prompts: list[str] | None, prompt_file: str | None) -> list[str]:
+    prompts = list(prompts or [])
     if prompt_file:
         path = Path(prompt_file)
         if not path.is_file():
@@ -46,20 +68,38 @@ def slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit]
 
 
+def streaming_videos(module, sampler: StreamingSampler, prompts: list[str], seed: int, num_frames: int) -> torch.Tensor:
+    """Pixel videos (B, F, 3, H, W) from the causal student, decoded after generation."""
+    f = module.codec.spatial_factor
+    size = module.hparams.frame_size // f
+    latents = sampler.sample(module.encode_prompts(prompts), num_frames, (module.codec.latent_channels, size, size),
+                             per_prompt_generators(seed, len(prompts)))
+    return module.codec.decode(latents)
+
+
 def sample_command(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
     prompts = read_prompts(cfg.prompt, cfg.prompt_file)
     module = load_trained_module(cfg.checkpoint)
     for p in prompts:  # validate every prompt before sampling any
         module.encode_prompts([p])
+    use_streaming = cfg.sampler == "streaming" or (cfg.sampler == "auto" and hasattr(module, "generator_weights"))
+    if use_streaming:
+        generator = causal_generator_from(module, cfg.block_size, cfg.first_block_size, cfg.window, cfg.sink, cfg.ema)
+        first = student_sigmas(cfg.first_block_steps, cfg.shift) if cfg.first_block_steps else None
+        sampler = StreamingSampler(generator, student_sigmas(cfg.steps or 1, cfg.shift), first_block_sigmas=first)
+        num_frames = cfg.num_frames or module.hparams.num_frames
     out = Path(cfg.out)
-    console = Console()
     written = []
     with torch.no_grad():
         for start in range(0, len(prompts), cfg.batch_size):
             chunk = prompts[start: start + cfg.batch_size]
-            videos = module.generate(chunk, seed=cfg.seed + start, num_steps=cfg.steps,
-                                     guidance_scale=cfg.guidance_scale)
+            if use_streaming:
+                videos = streaming_videos(module, sampler, chunk, cfg.seed + start, num_frames)
+            else:
+                videos = module.generate(chunk, seed=cfg.seed + start, num_steps=cfg.steps,
+                                         guidance_scale=cfg.guidance_scale)
             for i, (prompt, video) in enumerate(zip(chunk, videos)):
                 written.append(write_video(out / f"{start + i:04d}_{slug(prompt)}.{cfg.format}", video))
-    console.print(f"[green]Wrote {len(written)} videos to {out}/")
+    Console().print(f"[green]Wrote {len(written)} videos to {out}/ "
+                    f"({'streaming' if use_streaming else 'euler'} sampler)")

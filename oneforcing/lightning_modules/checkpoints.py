@@ -47,7 +47,30 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
     if name not in MODULE_CLASSES or (expected and name not in expected):
         raise ValueError(f"{path} holds a {name}; this command needs one of {list(expected or MODULE_CLASSES)}.")
+    # LightningCLI records how it built the module ("_class_path", "_instantiator"); they are not arguments
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
     module = MODULE_CLASSES[name](**hparams)
     module.configure_model()
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+def causal_generator_from(module: L.LightningModule, block_size: int = 1, first_block_size: int | None = None,
+                          window_frames: int | None = None, sink_frames: int = 0, use_ema: bool = True):
+    """The causal generator held by ``module`` with the requested block layout.
+
+    A bidirectional teacher initialises a causal student of the same shapes (design §5, stage 3 starts here);
+    a distilled module gives its generator (EMA weights when ``use_ema`` and available).
+    """
+    from oneforcing.models.causal_wan import CausalWanBackbone
+
+    if hasattr(module, "generator_weights"):
+        config, state = module.generator_config, module.generator_weights(use_ema=use_ema)
+    elif isinstance(module, TeacherModule):
+        config, state = module.backbone_config, module.model.state_dict()
+    else:
+        raise ValueError(f"A {type(module).__name__} holds no causal generator and no teacher to initialise one from.")
+    generator = CausalWanBackbone(config, block_size=block_size, first_block_size=first_block_size,
+                                  window_frames=window_frames, sink_frames=sink_frames)
+    generator.load_state_dict(state, strict=True)
+    return generator.eval()

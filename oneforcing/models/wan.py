@@ -92,7 +92,7 @@ class WanBackbone(nn.Module):
             state = load_state_file(path)
         else:
             raise FileNotFoundError(f"Weights {path} do not exist; check the path in the config.")
-        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+        state = strip_prefixes(state)
         own = self.transformer.state_dict()
         mismatched = [
             f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -111,6 +111,23 @@ class WanBackbone(nn.Module):
             )
 
 
+WEIGHT_PREFIXES = ("model.", "generator.", "teacher.", "transformer.")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of a module export ('model.transformer.blocks.0...') -> diffusers keys ('blocks.0...')."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WEIGHT_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
 def own_is_meta(state: dict[str, torch.Tensor]) -> bool:
     return any(t.is_meta for t in state.values())
 
@@ -123,8 +140,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
-    return {k.removeprefix("model.").removeprefix("teacher."): v for k, v in state.items()}
+    return checkpoint.get("state_dict", checkpoint)
 
 
 def count_parameters(module: nn.Module) -> int:
