@@ -27,6 +27,9 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
     toy.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int, default=500)
     sub.add_subcommand("toy", toy)
+    from oneforcing.commands.trajectories import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -58,7 +61,11 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
 
 def data_command(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
-    if cfg.kind == "toy":
+    if cfg.kind == "trajectories":
+        from oneforcing.commands.trajectories import trajectories_command
+
+        trajectories_command(cfg.trajectories)
+    elif cfg.kind == "toy":
         c = cfg.toy
         start = time.perf_counter()
         indexes = write_toy_dataset(c.out, c.num_videos, c.num_val_videos, c.seed, c.num_frames, c.size,

@@ -15,9 +15,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
 
-MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule}
+MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule,
+                                                      "DistillationModule": DistillationModule}
+# weights a sampler needs; teacher and critic weights of a distillation checkpoint are not rebuilt
+INFERENCE_PREFIXES = {"DistillationModule": ("generator.", "generator_ema.", "iteration", "ema_initialised")}
+INIT_WEIGHT_KEYS = ("init_weights", "teacher_weights", "generator_weights", "critic_weights")
 
 
 def register_module_class(cls: type[L.LightningModule]) -> type[L.LightningModule]:
@@ -49,6 +54,10 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         raise ValueError(f"{path} holds a {name}; this command needs one of {list(expected or MODULE_CLASSES)}.")
     # LightningCLI records how it built the module ("_class_path", "_instantiator"); they are not arguments
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    hparams = {k: (None if k in INIT_WEIGHT_KEYS else v) for k, v in hparams.items()}  # weights come from `state`
+    if name in INFERENCE_PREFIXES:
+        hparams["objectives"] = []  # sampling needs the generator only
+        state = {k: v for k, v in state.items() if k.startswith(INFERENCE_PREFIXES[name])}
     module = MODULE_CLASSES[name](**hparams)
     module.configure_model()
     module.load_state_dict(state, strict=True)

@@ -58,8 +58,12 @@ class CausalWanBackbone(WanBackbone):
         self._masks: dict[tuple, torch.Tensor] = {}  # keyed by everything the mask depends on (notes §10.11)
 
     # --- layout and masks -----------------------------------------------------------------------------
+    @staticmethod
+    def layout_for(num_frames: int, block_size: int, first_block_size: int | None) -> BlockLayout:
+        return BlockLayout(num_frames, block_size, first_block_size)
+
     def layout(self, num_frames: int) -> BlockLayout:
-        return BlockLayout(num_frames, self.block_size, self.first_block_size)
+        return self.layout_for(num_frames, self.block_size, self.first_block_size)
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, p_h, p_w = self.config.patch_size

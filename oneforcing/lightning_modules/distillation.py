@@ -1,0 +1,337 @@
+"""DistillationModule: one LightningModule for every distillation recipe, composed of objective plugins.
+
+Roles: ``generator`` (the causal student, trainable), ``teacher`` (frozen bidirectional real score),
+``critic`` (trainable bidirectional fake score). The module builds the roles its objectives need in
+``configure_model``, one AdamW per trainable role, and runs manual optimisation (algorithm-notes §4.3):
+
+    every iteration i:
+        if i % generator_update_every == 0:  generator step on Σ w·L_G (critic frozen), clip, step, EMA
+        critic step on Σ w·L_critic (fresh no-grad roll-out), clip, step
+
+Step budget: ``trainer.max_steps`` counts *iterations* (design §11). Lightning counts optimizer steps, so
+exactly one optimizer step per iteration goes through Lightning (the critic's when there is a critic, else
+the generator's); the other role's optimizer steps directly. Randomness: a rank-shared generator draws what
+ranks must agree on (exit steps), a per-rank generator draws noise and σ; both are checkpointed, with the
+iteration and the EMA, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from oneforcing.models.causal_wan import CausalWanBackbone
+from oneforcing.models.codecs import SpaceToDepthCodec, WanVAECodec
+from oneforcing.models.text_encoders import ToyTextEncoder, UMT5TextEncoder
+from oneforcing.models.wan import WanBackbone, WanConfig
+from oneforcing.objectives.base import ROLES, Objective, StepContext
+from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
+from oneforcing.sampling.schedules import check_sigmas
+from oneforcing.models.flow_matching import warped_step_sigmas
+from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
+
+LatentCodec = SpaceToDepthCodec | WanVAECodec
+TextEncoder = ToyTextEncoder | UMT5TextEncoder
+
+
+def _config(value: WanConfig | dict | None, default: WanConfig) -> WanConfig:
+    return WanConfig(**value) if isinstance(value, dict) else (value or default)
+
+
+class DistillationModule(L.LightningModule):
+    """Distils a causal few-step student from a teacher with the given objectives.
+
+    Args:
+        objectives: the objective plugins (e.g. ``[DMD]``, ``[DMD, GAN]``, ``[TrajectoryDistillation]``).
+        backbone: shapes of the generator and the critic (toy defaults).
+        teacher_backbone: shapes of the teacher (default: ``backbone``).
+        teacher_weights: teacher weights (exported safetensors, Lightning ckpt or diffusers folder).
+        generator_weights: generator initialisation (default: the teacher's weights, same shapes needed).
+        critic_weights: critic initialisation (default: the teacher's weights).
+        codec, text_encoder: as for the teacher (toy defaults).
+        num_frames, frame_size: latent frames per roll-out and pixel frame size.
+        block_size, first_block_size: the generator's block layout (first-frame enhancement: e.g. 4 then 1).
+        denoising_steps: nominal steps per block, warped with ``warp_shift`` (e.g. [1000] or [1000, 750, 500, 250]).
+        first_block_steps: nominal steps of the first block (default: ``denoising_steps``).
+        gradient_window_frames: frames (at the tail) whose exit step carries gradient (None: all).
+        context_sigma: σ of the roll-out's context pass.
+        generator_lr, critic_lr, betas, weight_decay: AdamW of each trainable role.
+        generator_update_every: one generator step per this many iterations (critic every iteration).
+        generator_grad_clip, critic_grad_clip: max gradient norms.
+        ema_decay, ema_start: EMA of the generator, created at iteration ``ema_start`` (None: no EMA).
+        seed: seeds the module's random generators.
+    """
+
+    def __init__(
+        self,
+        objectives: list[Objective],
+        backbone: WanConfig | dict | None = None,
+        teacher_backbone: WanConfig | dict | None = None,
+        teacher_weights: str | None = None,
+        generator_weights: str | None = None,
+        critic_weights: str | None = None,
+        codec: LatentCodec | None = None,
+        text_encoder: TextEncoder | None = None,
+        num_frames: int = 12,
+        frame_size: int = 32,
+        block_size: int = 1,
+        first_block_size: int | None = None,
+        denoising_steps: Sequence[float] = (1000.0,),
+        first_block_steps: Sequence[float] | None = None,
+        warp_shift: float = 5.0,
+        gradient_window_frames: int | None = None,
+        context_sigma: float = 0.0,
+        generator_lr: float = 1e-5,
+        critic_lr: float = 1e-5,
+        betas: tuple[float, float] = (0.0, 0.999),
+        weight_decay: float = 0.01,
+        generator_update_every: int = 5,
+        generator_grad_clip: float = 10.0,
+        critic_grad_clip: float = 10.0,
+        ema_decay: float = 0.99,
+        ema_start: int | None = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.backbone_config = _config(backbone, WanConfig())
+        self.teacher_config = _config(teacher_backbone, self.backbone_config)
+        self.save_hyperparameters(ignore=["objectives", "codec", "text_encoder"])
+        self.hparams["backbone"] = dataclasses.asdict(self.backbone_config)  # plain types: loads with weights_only
+        self.hparams["teacher_backbone"] = dataclasses.asdict(self.teacher_config)
+        self.hparams["denoising_steps"] = list(denoising_steps)
+        self.hparams["first_block_steps"] = list(first_block_steps) if first_block_steps else None
+        self.objectives = nn.ModuleList(objectives)
+        self.codec = codec or SpaceToDepthCodec(factor=2)
+        self.text_encoder = text_encoder or ToyTextEncoder()
+        self.step_sigmas = warped_step_sigmas(denoising_steps, warp_shift)
+        self.first_block_sigmas = warped_step_sigmas(first_block_steps, warp_shift) if first_block_steps else None
+        self.roles = {"generator"} | {role for o in objectives for role in o.roles}
+        self._check_config()
+        self.generator: CausalWanBackbone | None = None
+        self.teacher: WanBackbone | None = None
+        self.critic: WanBackbone | None = None
+        self.generator_ema: CausalWanBackbone | None = None
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ema_initialised", torch.zeros((), dtype=torch.bool))
+        self.shared_rng = torch.Generator().manual_seed(seed)
+        self.rank_rng = torch.Generator().manual_seed(seed)
+
+    # --- configuration ----------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        hp, problems = self.hparams, []
+        for o in self.objectives:
+            unknown = set(o.roles) - set(ROLES)
+            if unknown:
+                problems.append(f"{type(o).__name__} declares unknown roles {sorted(unknown)}")
+            if "teacher" in o.roles and not hp.teacher_weights:
+                problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
+                                "(e.g. assets/toy_teacher.safetensors)")
+            problems += o.check(self)
+        if hp.generator_update_every < 1:
+            problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
+                            "(one generator step per that many critic steps)")
+        if self.text_encoder.dim != self.backbone_config.text_dim:
+            problems.append(f"backbone.text_dim={self.backbone_config.text_dim} but the text encoder gives "
+                            f"{self.text_encoder.dim}; set text_dim: {self.text_encoder.dim}")
+        if self.codec.latent_channels != self.backbone_config.in_channels:
+            problems.append(f"backbone.in_channels={self.backbone_config.in_channels} but the codec gives "
+                            f"{self.codec.latent_channels} channels")
+        if hp.gradient_window_frames is not None and not 0 < hp.gradient_window_frames <= hp.num_frames:
+            problems.append(f"gradient_window_frames={hp.gradient_window_frames} must be in [1, num_frames={hp.num_frames}]")
+        try:
+            check_sigmas(self.step_sigmas, "denoising_steps (warped)")
+            if self.first_block_sigmas:
+                check_sigmas(self.first_block_sigmas, "first_block_steps (warped)")
+            CausalWanBackbone.layout_for(hp.num_frames, hp.block_size, hp.first_block_size)
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            raise ValueError("Invalid DistillationModule config:\n  - " + "\n  - ".join(problems))
+
+    def configure_model(self) -> None:
+        if self.generator is not None:
+            return
+        hp = self.hparams
+        self.generator = CausalWanBackbone(self.backbone_config, block_size=hp.block_size,
+                                           first_block_size=hp.first_block_size)
+        generator_init = hp.generator_weights or hp.teacher_weights
+        if generator_init:
+            self.generator.load_weights(generator_init)
+        if "teacher" in self.roles:
+            self.teacher = WanBackbone(self.teacher_config)
+            self.teacher.load_weights(hp.teacher_weights)
+            self.teacher.requires_grad_(False).eval()
+        if "critic" in self.roles:
+            self.critic = WanBackbone(self.backbone_config)
+            critic_init = hp.critic_weights or hp.teacher_weights
+            if critic_init:
+                self.critic.load_weights(critic_init)
+        if hp.ema_start is not None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    @property
+    def generator_objectives(self) -> list[Objective]:
+        return [o for o in self.objectives if o.has_generator_loss]
+
+    @property
+    def critic_objectives(self) -> list[Objective]:
+        return [o for o in self.objectives if o.has_critic_loss]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizers = [torch.optim.AdamW(self.generator.parameters(), lr=hp.generator_lr, betas=hp.betas,
+                                        weight_decay=hp.weight_decay)]
+        if self.critic_objectives:
+            critic_params = list(self.critic.parameters()) + [p for o in self.objectives for p in o.parameters()]
+            optimizers.append(torch.optim.AdamW(critic_params, lr=hp.critic_lr, betas=hp.betas,
+                                                weight_decay=hp.weight_decay))
+        return optimizers
+
+    def on_fit_start(self) -> None:
+        rank = self.global_rank
+        self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)  # per-rank noise; shared_rng stays equal
+        self.shared_rng.manual_seed(self.hparams.seed)
+        if self._restored_rng is not None:
+            self.shared_rng.set_state(self._restored_rng["shared"])
+            self.rank_rng.set_state(self._restored_rng["rank"][rank % len(self._restored_rng["rank"])])
+
+    _restored_rng: dict | None = None
+
+    # --- one iteration ----------------------------------------------------------------------------------
+    def latents_of(self, batch: dict) -> torch.Tensor | None:
+        if "latents" in batch:
+            return batch["latents"]
+        return self.codec.encode(batch["pixels"]) if "pixels" in batch else None
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder(prompts).to(self.device)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.hparams.frame_size // self.codec.spatial_factor
+        return self.codec.latent_channels, size, size
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=self.rank_rng).to(self.device)
+
+    def _step_context(self, batch: dict) -> StepContext:
+        context = self.encode_prompts(batch["caption"])
+        hp = self.hparams
+        window = gradient_window(hp.num_frames, hp.gradient_window_frames)
+
+        def rollout(grad: bool):
+            exit_index = int(torch.randint(len(self.step_sigmas), (), generator=self.shared_rng))
+            first_exit = (int(torch.randint(len(self.first_block_sigmas), (), generator=self.shared_rng))
+                          if self.first_block_sigmas else None)
+            with torch.set_grad_enabled(grad):
+                return self_forcing_rollout(self.generator, context, self._noise, hp.num_frames, self.latent_shape(),
+                                            self.step_sigmas, exit_index, self.first_block_sigmas, first_exit,
+                                            window, grad=grad, context_sigma=hp.context_sigma)
+
+        return StepContext(
+            batch=batch, context=context, uncond_context=self.encode_prompts([""] * len(batch["caption"])),
+            real_latents=self.latents_of(batch),
+            models={"generator": self.generator, "teacher": self.teacher, "critic": self.critic},
+            rng=self.rank_rng, iteration=int(self.iteration), rollout_fn=rollout,
+        )
+
+    def _sum_losses(self, objectives: list[Objective], ctx: StepContext, side: str) -> tuple[torch.Tensor, dict]:
+        total, logs = 0.0, {}
+        for objective in objectives:
+            loss, metrics = getattr(objective, f"{side}_loss")(ctx)
+            total = total + objective.weight * loss
+            logs.update({f"{side}/{k}": v for k, v in metrics.items()})
+        logs[f"{side}/loss"] = total.detach()
+        return total, logs
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        generator_opt, critic_opt = optimizers[0], (optimizers[1] if len(optimizers) > 1 else None)
+        iteration = int(self.iteration)
+        logs = {}
+        generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
+        if generator_due:
+            if self.critic is not None:
+                self.critic.requires_grad_(False)  # the generator step never updates the critic
+            loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch), "generator")
+            generator_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            logs["generator/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), hp.generator_grad_clip)
+            # counted by Lightning only when no critic steps every iteration
+            (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
+            generator_opt.zero_grad(set_to_none=True)
+            if self.critic is not None:
+                self.critic.requires_grad_(True)
+            self._update_ema(iteration)
+            logs.update(step_logs)
+        if critic_opt is not None:
+            self.generator.requires_grad_(False)  # the critic step never updates the generator
+            loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch), "critic")
+            critic_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            critic_params = [p for g in critic_opt.optimizer.param_groups for p in g["params"]]
+            logs["critic/grad_norm"] = torch.nn.utils.clip_grad_norm_(critic_params, hp.critic_grad_clip)
+            critic_opt.step()
+            critic_opt.zero_grad(set_to_none=True)
+            self.generator.requires_grad_(True)
+            logs.update(step_logs)
+        self.iteration += 1
+        if batch.get("num_skipped") is not None:
+            logs["data/skipped_samples"] = batch["num_skipped"].float()
+        self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
+        self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
+
+    @torch.no_grad()
+    def _update_ema(self, iteration: int) -> None:
+        hp = self.hparams
+        if self.generator_ema is None or iteration < hp.ema_start:
+            return
+        ema, live = list(self.generator_ema.parameters()), list(self.generator.parameters())
+        if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
+            torch._foreach_copy_(ema, live)
+            self.ema_initialised.fill_(True)
+        else:
+            torch._foreach_lerp_(ema, live, 1.0 - hp.ema_decay)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Sampling happens in the SampleVideoLogger callback; nothing to compute per batch."""
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["oneforcing_module"] = type(self).__name__
+        ranks = self.trainer.world_size if self._trainer is not None else 1
+        states = [self.rank_rng.get_state()]
+        if ranks > 1 and torch.distributed.is_initialized():
+            gathered = [None] * ranks
+            torch.distributed.all_gather_object(gathered, self.rank_rng.get_state())
+            states = gathered
+        checkpoint["oneforcing_rng"] = {"shared": self.shared_rng.get_state(), "rank": states}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = checkpoint.get("oneforcing_rng")
+
+    # --- sampling ---------------------------------------------------------------------------------------
+    @property
+    def generator_config(self) -> WanConfig:
+        return self.backbone_config
+
+    def generator_weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        source = self.generator_ema if use_ema and self.generator_ema is not None and bool(self.ema_initialised) else self.generator
+        return source.state_dict()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,
+                 guidance_scale: float | None = None, use_ema: bool = True) -> torch.Tensor:
+        """Pixel videos (B, F, 3, H, W) from the streaming sampler with the training schedule."""
+        source = self.generator_ema if use_ema and self.generator_ema is not None and bool(self.ema_initialised) else self.generator
+        sampler = StreamingSampler(source, self.step_sigmas, first_block_sigmas=self.first_block_sigmas)
+        latents = sampler.sample(self.encode_prompts(prompts), self.hparams.num_frames, self.latent_shape(),
+                                 per_prompt_generators(seed, len(prompts)))
+        return self.codec.decode(latents)

@@ -1,0 +1,84 @@
+"""The objective plugin contract (design §6, style guide rule 2).
+
+An objective is a small ``nn.Module`` (so it may own parameters, e.g. a discriminator head) that declares
+the roles it needs and returns named losses for the generator side and/or the critic side. The
+``DistillationModule`` sums ``weight · loss`` over the enabled objectives, so One-Forcing is literally
+``[DMD(weight=1), GAN(weight=0.03)]`` in YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (scalar loss, metrics to log)
+ROLES = ("generator", "teacher", "critic")
+
+
+@dataclass
+class StepContext:
+    """Everything an objective may read during one generator or critic step.
+
+    ``rollout(grad)`` runs (and memoises per phase) the generator's self-forcing roll-out; objectives of
+    the same phase share one roll-out, as in the reference trainers.
+    """
+
+    batch: dict
+    context: torch.Tensor                 # (B, L, D) prompt embedding
+    uncond_context: torch.Tensor          # (B, L, D) empty-prompt embedding (CFG)
+    real_latents: torch.Tensor | None     # (B, F, C, H, W) ground truth, when the data carry it
+    models: dict[str, nn.Module]          # role -> model
+    rng: torch.Generator                  # every random draw of an objective comes from here
+    iteration: int
+    rollout_fn: object = None             # callable(grad: bool) -> Rollout
+    _rollouts: dict = field(default_factory=dict)
+
+    def rollout(self, grad: bool):
+        if grad not in self._rollouts:
+            self._rollouts[grad] = self.rollout_fn(grad)
+        return self._rollouts[grad]
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.rng, device=self.rng.device).to(x)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=self.rng, device=self.rng.device)
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses set ``roles`` and override one or both of the loss methods.
+
+    Args:
+        weight: multiplier of this objective's losses in the sums.
+    """
+
+    roles: ClassVar[tuple[str, ...]] = ("generator",)
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    @property
+    def has_generator_loss(self) -> bool:
+        return type(self).generator_loss is not Objective.generator_loss
+
+    @property
+    def has_critic_loss(self) -> bool:
+        return type(self).critic_loss is not Objective.critic_loss
+
+    def generator_loss(self, ctx: StepContext) -> Losses:
+        raise NotImplementedError
+
+    def critic_loss(self, ctx: StepContext) -> Losses:
+        raise NotImplementedError
+
+    def check(self, module) -> list[str]:
+        """Problems with this objective in ``module`` (reported together before training starts)."""
+        return []

@@ -1,0 +1,70 @@
+"""Trajectory (ODE) distillation: regress the student's one-step x0 onto the teacher's ODE output.
+
+CausVid arXiv 2412.07772 §4 (ODE initialisation); Causal Forcing (causal ODE); algorithm-notes §6.3.
+    x_k = teacher trajectory state at snapshot σ_k (σ_k = the student's warped steps),
+    x0_pred = x_k - σ_k·v_G(x_k, σ_k),        L = mean( (x0_pred - x_ODE)² )
+Flavours:
+  * ``bidirectional``: the snapshots come from the bidirectional teacher; one index per *block*; the
+    student runs its block-causal full-sequence forward on the (noisy) trajectory states;
+  * ``teacher_forcing``: one index shared by all frames; the student runs in teacher-forcing mode with the
+    ground-truth latents as clean context (Causal Forcing stage 2).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from oneforcing.models.flow_matching import x0_from_velocity
+from oneforcing.objectives.base import Losses, Objective, StepContext
+
+
+def per_block_values(values: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+    """(B, num_blocks) -> (B, F), repeating each block's value over its frames."""
+    sizes = torch.tensor([n for _, n in blocks], device=values.device)
+    return values.repeat_interleave(sizes, dim=1)
+
+
+class TrajectoryDistillation(Objective):
+    """ODE regression onto teacher trajectories (batches carry ``trajectory``, ``trajectory_sigmas``, ``ode_output``).
+
+    Args:
+        weight: loss weight.
+        flavour: ``bidirectional`` (per-block snapshot, block-causal forward) or ``teacher_forcing``
+            (shared snapshot, ground-truth clean context).
+    """
+
+    roles = ("generator",)
+
+    def __init__(self, weight: float = 1.0, flavour: Literal["bidirectional", "teacher_forcing"] = "bidirectional") -> None:
+        super().__init__(weight)
+        self.flavour = flavour
+
+    def generator_loss(self, ctx: StepContext) -> Losses:
+        batch = ctx.batch
+        for key in ("trajectory", "trajectory_sigmas", "ode_output"):
+            if key not in batch:
+                raise KeyError(f"TrajectoryDistillation needs '{key}' in the batch; train on shards written by "
+                               "`oneforcing data trajectories`.")
+        trajectory, sigmas, target = batch["trajectory"], batch["trajectory_sigmas"], batch["ode_output"]
+        B, K, F = trajectory.shape[:3]
+        generator = ctx.models["generator"]
+        if self.flavour == "bidirectional":
+            blocks = generator.layout(F).blocks
+            index = per_block_values(torch.randint(0, K, (B, len(blocks)), generator=ctx.rng,
+                                                   device=ctx.rng.device).to(trajectory.device), blocks)  # (B, F)
+        else:
+            index = torch.randint(0, K, (B, 1), generator=ctx.rng, device=ctx.rng.device).to(trajectory.device).expand(B, F)
+        gather = index[:, None, :, None, None, None].expand(B, 1, F, *trajectory.shape[3:])
+        x_k = trajectory.gather(1, gather).squeeze(1)      # (B, F, C, H, W)
+        sigma = sigmas.gather(1, index)                    # (B, F)
+        if self.flavour == "bidirectional":
+            v = generator(x_k, sigma, ctx.context)
+        else:
+            if ctx.real_latents is None:
+                raise KeyError("TrajectoryDistillation(flavour='teacher_forcing') needs ground-truth latents in the batch.")
+            v = generator.forward_teacher_forcing(x_k, sigma, ctx.context, clean=ctx.real_latents)
+        x0_pred = x0_from_velocity(x_k, v, sigma)
+        loss = (x0_pred.float() - target.float()).square().mean()
+        return loss, {"ode_loss": loss.detach(), "ode_sigma": sigma.mean()}
