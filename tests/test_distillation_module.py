@@ -1,0 +1,146 @@
+"""DistillationModule: update ratio, role isolation, EMA schedule, iteration budget, exact resume, bad config."""
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from oneforcing.lightning_modules.distillation import DistillationModule
+from oneforcing.models.wan import WanBackbone, WanConfig
+from oneforcing.objectives.diffusion import CausalDiffusion
+from oneforcing.objectives.dmd import DMD
+
+TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
+            out_channels=12, text_dim=46)
+CAPTIONS = ["a large red circle moving left quickly", "a small blue square moving up slowly"]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_file({f"model.transformer.{k}": v for k, v in WanBackbone(WanConfig(**TINY)).transformer.state_dict().items()},
+              path)
+    return str(path)
+
+
+def batches(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    return [{"caption": CAPTIONS, "pixels": torch.rand(2, 4, 3, 16, 16, generator=g) * 2 - 1,
+             "num_skipped": torch.tensor(0)} for _ in range(n)]
+
+
+def make_module(teacher_file, objectives=None, **overrides):
+    kwargs = dict(backbone=TINY, teacher_weights=teacher_file, num_frames=4, frame_size=16, block_size=1,
+                  generator_update_every=2, ema_start=1, ema_decay=0.5, generator_lr=1e-3, critic_lr=1e-3, seed=3)
+    kwargs.update(overrides)
+    return DistillationModule(objectives=objectives if objectives is not None else [DMD(guidance_scale=2.0)], **kwargs)
+
+
+def trainer(max_steps: int, tmp_path=None, **kw) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                     num_sanity_val_steps=0, default_root_dir=tmp_path, **kw)
+
+
+def loader():
+    return torch.utils.data.DataLoader(batches(), batch_size=None)
+
+
+def fit(module, max_steps, tmp_path=None, ckpt_path=None):
+    t = trainer(max_steps, tmp_path)
+    t.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
+    return t
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, model):
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_max_steps_counts_iterations_and_the_update_ratio_holds(teacher_file):
+    module = make_module(teacher_file)
+    counts = {"generator": 0, "critic": 0}
+
+    def counting(objectives, ctx, side, _original=module._sum_losses):
+        counts[side] += 1
+        return _original(objectives, ctx, side)
+
+    module._sum_losses = counting
+    t = fit(module, 5)
+    assert int(module.iteration) == 5 and t.global_step == 5
+    assert counts == {"generator": 3, "critic": 5}  # iterations 0, 2, 4 update the generator
+
+
+def test_critic_step_leaves_the_generator_and_generator_step_leaves_the_critic(teacher_file):
+    module = make_module(teacher_file, generator_update_every=2, ema_start=None)
+    module.configure_model()
+    t = trainer(1)
+    t.fit(module, train_dataloaders=loader())  # iteration 0: generator step + critic step
+    gen_after_0, critic_after_0 = snapshot(module.generator), snapshot(module.critic)
+    t = trainer(1)  # a fresh trainer counts from 0: one more iteration
+    t.fit(module, train_dataloaders=loader())  # iteration 1: a critic step only
+    assert int(module.iteration) == 2
+    assert not changed(gen_after_0, module.generator), "a critic-only iteration changed the generator"
+    assert changed(critic_after_0, module.critic)
+    # a generator step alone (no critic objective) leaves the critic untouched
+    module = make_module(teacher_file, objectives=[DMD(guidance_scale=2.0, train_critic=False)], ema_start=None)
+    module.configure_model()
+    critic_before, gen_before = snapshot(module.critic), snapshot(module.generator)
+    fit(module, 2)
+    assert not changed(critic_before, module.critic) and changed(gen_before, module.generator)
+
+
+def test_ema_starts_at_ema_start_and_follows_its_decay(teacher_file):
+    module = make_module(teacher_file, objectives=[CausalDiffusion()], teacher_weights=None,
+                         generator_weights=teacher_file, ema_start=2, ema_decay=0.5)
+    module.configure_model()
+    history = []
+    original = module._update_ema
+
+    def record(iteration):
+        before = snapshot(module.generator_ema)
+        original(iteration)
+        history.append((iteration, before, snapshot(module.generator), snapshot(module.generator_ema)))
+
+    module._update_ema = record
+    fit(module, 4)
+    (i0, b0, _, a0), (i1, b1, _, a1), (i2, _, live2, a2), (i3, before3, live3, a3) = history
+    assert all(torch.equal(b0[k], a0[k]) for k in a0) and all(torch.equal(b1[k], a1[k]) for k in a1), "no EMA before ema_start"
+    assert all(torch.equal(a2[k], live2[k]) for k in a2), "EMA initialised from the weights at ema_start"
+    for k in a3:
+        assert torch.allclose(a3[k], 0.5 * before3[k] + 0.5 * live3[k], atol=1e-6)
+
+
+def test_resume_equals_an_uninterrupted_run(teacher_file, tmp_path):
+    uninterrupted = make_module(teacher_file)
+    fit(uninterrupted, 4)
+    first = make_module(teacher_file)
+    t = fit(first, 2, tmp_path)
+    ckpt = tmp_path / "stop.ckpt"
+    t.save_checkpoint(ckpt)
+    resumed = make_module(teacher_file)
+    fit(resumed, 4, tmp_path, ckpt_path=str(ckpt))
+    assert int(resumed.iteration) == 4
+    for name in ("generator", "critic", "generator_ema"):
+        a, b = getattr(uninterrupted, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+
+
+def test_bad_configs_fail_before_training(teacher_file, tmp_path):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        make_module(None)
+    with pytest.raises(ValueError, match="generator_update_every=0"):
+        make_module(teacher_file, generator_update_every=0)
+    with pytest.raises(ValueError, match="do not split"):
+        make_module(teacher_file, num_frames=4, block_size=3)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v for k, v in WanBackbone(WanConfig(**dict(TINY, ffn_dim=48))).transformer.state_dict().items()}, wrong)
+    module = make_module(str(wrong))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        module.configure_model()
