@@ -194,6 +194,7 @@ class DistillationModule(L.LightningModule):
         return optimizers
 
     def on_fit_start(self) -> None:
+        self._check_trajectory_data()
         rank = self.global_rank
         self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)  # per-rank noise; shared_rng stays equal
         self.shared_rng.manual_seed(self.hparams.seed)
@@ -202,6 +203,25 @@ class DistillationModule(L.LightningModule):
             self.rank_rng.set_state(self._restored_rng["rank"][rank % len(self._restored_rng["rank"])])
 
     _restored_rng: dict | None = None
+
+    def _check_trajectory_data(self) -> None:
+        """Trajectory snapshots must sit at the student's warped steps (algorithm-notes §10.10)."""
+        from oneforcing.objectives.trajectory import TrajectoryDistillation
+
+        if not any(isinstance(o, TrajectoryDistillation) for o in self.objectives):
+            return
+        index = getattr(self.trainer.datamodule, "train_index", None) if self._trainer is not None else None
+        snapshots = (index or {}).get("snapshot_sigmas")
+        if snapshots is None:
+            raise ValueError("TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); "
+                             "the train split's index.json records no snapshot_sigmas.")
+        steps = self.first_block_sigmas or self.step_sigmas
+        if len(snapshots) != len(steps) or any(abs(a - b) > 1e-5 for a, b in zip(snapshots, steps)):
+            raise ValueError(
+                f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not match the student's steps "
+                f"σ={[round(s, 4) for s in steps]}; set denoising_steps to the nominal steps the trajectories were "
+                "exported with (e.g. [1000, 750, 500, 250]) and the same warp_shift."
+            )
 
     # --- one iteration ----------------------------------------------------------------------------------
     def latents_of(self, batch: dict) -> torch.Tensor | None:

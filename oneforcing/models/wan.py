@@ -92,7 +92,7 @@ class WanBackbone(nn.Module):
             state = load_state_file(path)
         else:
             raise FileNotFoundError(f"Weights {path} do not exist; check the path in the config.")
-        state = strip_prefixes(state)
+        state = strip_prefixes(select_backbone(state))
         own = self.transformer.state_dict()
         mismatched = [
             f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -112,6 +112,16 @@ class WanBackbone(nn.Module):
 
 
 WEIGHT_PREFIXES = ("model.", "generator.", "teacher.", "transformer.")
+
+
+def select_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """From a module export holding several backbones keep one: a distillation module's generator
+    (``generator.*``, not its EMA, critic or teacher), else a teacher module's ``model.*``, else everything."""
+    for prefix in ("generator.", "model."):
+        chosen = {k: v for k, v in state.items() if k.startswith(prefix)}
+        if chosen:
+            return chosen
+    return state
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
