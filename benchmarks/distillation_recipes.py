@@ -1,0 +1,105 @@
+"""Iteration time and peak memory of each distillation recipe on the toy backbone, framewise vs chunkwise.
+
+Each recipe runs in its own subprocess (so that peak RSS is its own) for ``--iterations`` iterations of the
+real DistillationModule through a Lightning Trainer on synthetic batches (timing does not depend on the
+weights, so random teacher weights are used). Reported: mean seconds per iteration after warm-up (an
+iteration is one critic step plus, every 5th, a generator step, as in the papers) and peak RSS.
+
+    python benchmarks/distillation_recipes.py [--iterations 10] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+RECIPES = {
+    "ODE init, framewise": dict(objective="ode", block_size=1, steps=[1000, 750, 500, 250]),
+    "ODE init, chunkwise": dict(objective="ode", block_size=3, steps=[1000, 750, 500, 250]),
+    "SF DMD 1-step, framewise": dict(objective="dmd", block_size=1, steps=[1000]),
+    "SF DMD 1-step, chunkwise": dict(objective="dmd", block_size=3, steps=[1000]),
+    "SF DMD 4-step, framewise": dict(objective="dmd", block_size=1, steps=[1000, 750, 500, 250]),
+    "SF DMD 4-step, chunkwise": dict(objective="dmd", block_size=3, steps=[1000, 750, 500, 250]),
+}
+TOY = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512, in_channels=12,
+           out_channels=12, text_dim=46)
+
+
+def run_one(spec: dict, iterations: int, warmup: int, batch_size: int) -> dict:
+    """Runs inside the subprocess."""
+    import lightning as L
+    import torch
+    from safetensors.torch import save_file
+
+    from oneforcing.lightning_modules.distillation import DistillationModule
+    from oneforcing.models.flow_matching import warped_step_sigmas
+    from oneforcing.models.wan import WanBackbone, WanConfig
+    from oneforcing.objectives.dmd import DMD
+    from oneforcing.objectives.trajectory import TrajectoryDistillation
+
+    torch.manual_seed(0)
+    teacher = tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False).name
+    save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**TOY)).state_dict().items()}, teacher)
+    objective = DMD(guidance_scale=4.0) if spec["objective"] == "dmd" else TrajectoryDistillation()
+    module = DistillationModule([objective], backbone=TOY, teacher_weights=teacher if spec["objective"] == "dmd" else None,
+                                generator_weights=teacher, block_size=spec["block_size"], denoising_steps=spec["steps"],
+                                generator_update_every=5 if spec["objective"] == "dmd" else 1, ema_start=None)
+    g = torch.Generator().manual_seed(0)
+    K = len(spec["steps"])
+    batch = {"caption": ["a large red circle moving left quickly"] * batch_size,
+             "pixels": torch.rand(batch_size, 12, 3, 32, 32, generator=g) * 2 - 1,
+             "trajectory": torch.randn(batch_size, K, 12, 12, 16, 16, generator=g),
+             "trajectory_sigmas": torch.tensor(warped_step_sigmas(spec["steps"], 5.0)).expand(batch_size, K),
+             "ode_output": torch.randn(batch_size, 12, 12, 16, 16, generator=g), "num_skipped": torch.tensor(0)}
+    times = []
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, *args):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            times.append(time.perf_counter() - self.start)
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=warmup + iterations, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[Timer()])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch] * (warmup + iterations), batch_size=None))
+    timed = times[warmup:]
+    return dict(seconds_per_iteration=sum(timed) / len(timed),
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--recipe", type=str, default=None, help=argparse.SUPPRESS)  # subprocess entry
+    args = parser.parse_args()
+    if args.recipe:
+        print(json.dumps(run_one(RECIPES[args.recipe], args.iterations, args.warmup, args.batch_size)))
+        return
+    results = {}
+    for name in RECIPES:
+        out = subprocess.run([sys.executable, __file__, "--recipe", name, "--iterations", str(args.iterations),
+                              "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)],
+                             capture_output=True, text=True, check=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"| recipe (toy, batch {args.batch_size}, 12 latent frames) | s / iteration | peak RSS MB |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds_per_iteration']:.2f} | {r['peak_rss_mb']:.0f} |")
+    for kind in ("ODE init", "SF DMD 1-step", "SF DMD 4-step"):
+        fw, cw = results[f"{kind}, framewise"], results[f"{kind}, chunkwise"]
+        print(f"\n{kind}: framewise / chunkwise iteration time = "
+              f"{fw['seconds_per_iteration'] / cw['seconds_per_iteration']:.2f}x", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
