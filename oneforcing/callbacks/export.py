@@ -29,7 +29,8 @@ class ExportWeights(L.Callback):
         self.path = path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
         if trainer.is_global_zero:
-            path = Path(self.path or Path(trainer.log_dir or ".") / "weights.safetensors")
+            path = Path(self.path or Path(log_dir or ".") / "weights.safetensors")
             export_weights(pl_module, path)
             print(f"[oneforcing] weights written to {path}")

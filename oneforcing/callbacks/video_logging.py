@@ -32,7 +32,10 @@ class SampleVideoLogger(L.Callback):
         self.write_files = write_files
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
+        if not trainer.is_global_zero:
             return
         videos = pl_module.generate(self.prompts, seed=self.seed)  # (N, F, 3, H, W)
         grid = video_grid(videos)
@@ -40,5 +43,5 @@ class SampleVideoLogger(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 log_gif_to_tensorboard(logger.experiment, "samples", grid, trainer.global_step)
         if self.write_files:
-            out = Path(trainer.log_dir or ".") / "samples" / f"step_{trainer.global_step:06d}.gif"
+            out = Path(log_dir or ".") / "samples" / f"step_{trainer.global_step:06d}.gif"
             write_video(out, grid)

@@ -1,0 +1,20 @@
+# Set-up and entry points. `make demo` and `make test` build the virtual environment first.
+
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: demo test
+
+# The CPU torch goes in first (it is on local disk here): installing lightning into an environment
+# without torch would pull a multi-GB CUDA build (design §11).
+$(VENV)/installed: setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install torch==2.13.0
+	$(VENV)/bin/pip install -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: $(VENV)/installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny toy data set written once per session, a tiny Wan, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from oneforcing.commands.data import write_toy_dataset
+
+# Tiny models on 2 cores: one intra-op thread per process. With more, OpenMP threads contend with the other
+# process (DDP's second rank, or any training running beside the tests) and a 24 k-parameter step takes
+# seconds instead of milliseconds.
+torch.set_num_threads(1)
+SUBPROCESS_ENV = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="120", OMP_NUM_THREADS="1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEACHER_CONFIG = REPO_ROOT / "configs" / "toy" / "teacher.yaml"
+
+# A 2-layer Wan of ~24 k parameters. attention_head_dim 12 keeps Wan's RoPE split even:
+# h = w = 2·(12 // 6) = 4 and t = 12 - 8 = 4.
+TINY_BACKBONE = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=48, freq_dim=32)
+TINY_FRAMES = 8
+TINY_SIZE = 16
+TINY_TRAIN_VIDEOS = 32
+TINY_VAL_VIDEOS = 8
+TINY_SEED = 0
+
+
+def write_tiny_data(root: Path, seed: int = TINY_SEED, samples_per_shard: int = 16) -> Path:
+    write_toy_dataset(root, TINY_TRAIN_VIDEOS, TINY_VAL_VIDEOS, seed, num_frames=TINY_FRAMES, size=TINY_SIZE,
+                      samples_per_shard=samples_per_shard, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """Read-only tiny toy data: 32 train videos in 2 shards, 8 val videos; 8 frames of 16×16."""
+    return write_tiny_data(tmp_path_factory.mktemp("toy_data"))
+
+
+def tiny_backbone_args(prefix: str = "--model.init_args.backbone") -> list[str]:
+    return [arg for k, v in TINY_BACKBONE.items() for arg in (f"{prefix}.{k}", str(v))]
+
+
+def tiny_fit_args(data_root: Path, save_dir: Path, name: str = "tiny", max_steps: int = 3,
+                  val_samples: int = 4) -> list[str]:
+    """``oneforcing fit`` arguments: the toy teacher config shrunk to a few seconds on one CPU core."""
+    return [
+        "fit", "--config", str(TEACHER_CONFIG),
+        "--data.init_args.root", str(data_root),
+        "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0",
+        "--data.init_args.val_samples", str(val_samples),
+        "--trainer.max_steps", str(max_steps),
+        "--trainer.val_check_interval", str(max_steps),
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+        "--trainer.logger.init_args.name", name,
+        *tiny_backbone_args(),
+        "--model.init_args.sample_steps", "2",
+        "--model.init_args.num_frames", str(TINY_FRAMES),
+        "--model.init_args.frame_size", str(TINY_SIZE),
+    ]
+
+
+def run_cli(args: list[str], timeout: float = 300, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """Run ``oneforcing ARGS`` in a fresh interpreter; a timeout fails the test instead of hanging it."""
+    return subprocess.run(
+        [sys.executable, "-m", "oneforcing.cli", *args],
+        cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
