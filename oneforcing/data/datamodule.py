@@ -78,6 +78,12 @@ class ResumableStream:
     def __len__(self) -> int:
         return self.datamodule.train_batches_per_rank()
 
+    def state_dict(self) -> dict:
+        return {"consumed_batches": self.consumed_batches()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to load: the position is re-derived from the trainer's restored batch count."""
+
     def consumed_batches(self) -> int:
         trainer = self.datamodule.trainer
         return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.total.completed
