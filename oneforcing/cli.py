@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not argv or argv[0] in ("-h", "--help"):
         print(OVERVIEW)
-    OneForcingCLI(args=argv)
+    # args=None when these are the process's own arguments (LightningCLI warns when both are given)
+    OneForcingCLI(args=None if argv == sys.argv[1:] else argv)
 
 
 if __name__ == "__main__":

@@ -1,79 +1,70 @@
 #!/usr/bin/env bash
-# The main job on the built-in default, in a few minutes on 2 CPU cores (run through `make demo`):
-#   1. write a small toy world (400 train + 16 val videos, 32x32, 12 frames) as webdataset shards;
-#   2. fine-tune the toy teacher for 40 steps through `oneforcing fit` (from the shipped weights
-#      assets/toy_teacher.safetensors when they exist, else from scratch), logging to TensorBoard;
-#   3. sample 4 prompts from the exported weights as GIFs and one as MP4.
-# Everything goes under runs/demo/. Overrides: DEMO_DIR, DEMO_MAX_STEPS, DEMO_INIT_WEIGHTS. Expects `oneforcing`
-# on PATH (the Makefile puts .venv/bin first).
+# The main job on the built-in default (run through `make demo`), about 10 minutes on 2 CPU cores:
+#   1. write a small toy world as webdataset shards (400 train + 16 val videos, 32x32, 12 frames);
+#   2. the shipped toy teacher (assets/toy_teacher.safetensors) samples ODE trajectories (48 Euler steps,
+#      shift 5, CFG w = 4) at the student's warped 4-step times;
+#   3. ODE init: the causal framewise student regresses onto them (trajectory distillation);
+#   4. Self-Forcing DMD at 1 step per frame, from the ODE init, against the teacher;
+#   5. a side-by-side GIF (rows: teacher at 48 steps, ODE init at 4 steps, DMD at 1 step) plus per-method GIFs/MP4.
+# Everything goes under runs/demo/ with TensorBoard logs per stage. Overrides: DEMO_DIR, DEMO_TEACHER,
+# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_DMD_STEPS. Expects `oneforcing` on PATH (the Makefile does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEMO_DIR="${DEMO_DIR:-runs/demo}"
-MAX_STEPS="${DEMO_MAX_STEPS:-40}"
-INIT_WEIGHTS="${DEMO_INIT_WEIGHTS:-assets/toy_teacher.safetensors}"
+TEACHER="${DEMO_TEACHER:-assets/toy_teacher.safetensors}"
+TRAJECTORIES="${DEMO_TRAJECTORIES:-128}"
+ODE_STEPS="${DEMO_ODE_STEPS:-150}"
+DMD_STEPS="${DEMO_DMD_STEPS:-100}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+PROMPTS=("a large red circle moving right slowly" "a small blue square moving left quickly"
+         "a large yellow triangle moving down slowly" "a large green square moving up quickly")
 
-echo "== 1/3 toy data -> $DEMO_DIR/data"
+newest() { ls -d "$1"/version_* | sed 's/.*version_//' | sort -n | tail -n 1 | sed "s#^#$1/version_#"; }
+
+echo "== 1/5 toy data -> $DEMO_DIR/data"
 oneforcing data toy --out "$DEMO_DIR/data" --num-videos 400 --num-val-videos 16 --seed 0
 
-init_args=()
-if [[ -f "$INIT_WEIGHTS" ]]; then
-  echo "== 2/3 fine-tuning the toy teacher from $INIT_WEIGHTS for $MAX_STEPS steps"
-  init_args=(--model.init_args.init_weights "$INIT_WEIGHTS")
-else
-  echo "== 2/3 training the toy teacher for $MAX_STEPS steps from scratch"
-  echo "   note: $INIT_WEIGHTS is not there yet, so the samples will be noise-like;"
-  echo "   the full recipe is in configs/toy/teacher.yaml (about 1.5 h on 2 cores)."
+if [[ ! -f "$TEACHER" ]]; then
+  echo "== teacher weights $TEACHER are missing: training a 300-step stand-in (its samples will be poor);"
+  echo "   the real recipe is configs/toy/teacher.yaml"
+  oneforcing fit --config configs/toy/teacher.yaml --data.init_args.root "$DEMO_DIR/data" \
+    --data.init_args.val_samples 16 --trainer.max_steps 300 --trainer.val_check_interval 300 \
+    --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name teacher
+  TEACHER="$(newest "$DEMO_DIR/teacher")/weights.safetensors"
 fi
-# The teacher config starts its EMA at step 200, and until an EMA starts, Lightning's EMAWeightAveraging
-# validates with and exports the *initial* weights; a 40-step demo would show none of its training. So the
-# demo layers its own callbacks over the config (a later --config replaces the list): EMA from step 0.
-overrides="$DEMO_DIR/demo_overrides.yaml"
-cat > "$overrides" <<'YAML'
-trainer:
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.RichProgressBar
-    - class_path: oneforcing.callbacks.video_logging.SampleVideoLogger
-    - class_path: lightning.pytorch.callbacks.EMAWeightAveraging
-      init_args:
-        decay: 0.9
-        update_starting_at_step: 0
-    - class_path: oneforcing.callbacks.export.ExportWeights
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args:
-        save_last: true
-YAML
-oneforcing fit --config configs/toy/teacher.yaml --config "$overrides" \
-  --data.init_args.root "$DEMO_DIR/data" \
-  --data.init_args.val_samples 16 \
-  --trainer.max_steps "$MAX_STEPS" \
-  --trainer.val_check_interval 20 \
-  --trainer.log_every_n_steps 5 \
-  --trainer.logger.init_args.save_dir "$DEMO_DIR" \
-  --trainer.logger.init_args.name teacher \
-  --model.init_args.warmup_steps 10 \
-  "${init_args[@]}"
 
-# the newest version_N of this run (each `make demo` adds one)
-version=$(ls -d "$DEMO_DIR"/teacher/version_* | sed 's/.*version_//' | sort -n | tail -n 1)
-run_dir="$DEMO_DIR/teacher/version_$version"
-weights="$run_dir/weights.safetensors"
-[[ -f "$weights" ]] || { echo "error: $weights was not written" >&2; exit 1; }
+echo "== 2/5 teacher ODE trajectories ($TRAJECTORIES videos) -> $DEMO_DIR/ode"
+oneforcing data trajectories --teacher "$TEACHER" --source "$DEMO_DIR/data/train" --out "$DEMO_DIR/ode/train" \
+  --num-videos "$TRAJECTORIES" --steps 48 --shift 5 --guidance-scale 4
+oneforcing data trajectories --teacher "$TEACHER" --source "$DEMO_DIR/data/val" --out "$DEMO_DIR/ode/val" \
+  --num-videos 8 --steps 48 --shift 5 --guidance-scale 4
 
-echo "== 3/3 sampling from $weights"
+echo "== 3/5 ODE init (framewise causal student), $ODE_STEPS iterations"
+oneforcing fit --config configs/toy/ode_init_framewise.yaml --model.init_args.generator_weights "$TEACHER" \
+  --data.init_args.root "$DEMO_DIR/ode" --trainer.max_steps "$ODE_STEPS" --trainer.val_check_interval "$ODE_STEPS" \
+  --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name ode_init
+ODE="$(newest "$DEMO_DIR/ode_init")/weights.safetensors"
+
+echo "== 4/5 Self-Forcing DMD, 1 step per frame, $DMD_STEPS iterations (generator every 5th)"
+oneforcing fit --config configs/toy/self_forcing_dmd_1step.yaml --model.init_args.teacher_weights "$TEACHER" \
+  --model.init_args.generator_weights "$ODE" --data.init_args.root "$DEMO_DIR/data" \
+  --trainer.max_steps "$DMD_STEPS" --trainer.val_check_interval "$DMD_STEPS" \
+  --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name sf_dmd_1step
+DMD="$(newest "$DEMO_DIR/sf_dmd_1step")/weights.safetensors"
+
+echo "== 5/5 samples"
+prompt_args=(); for p in "${PROMPTS[@]}"; do prompt_args+=(--prompt "$p"); done
+python scripts/side_by_side.py --out "$DEMO_DIR/side_by_side.gif" \
+  --checkpoint "teacher=$TEACHER" --checkpoint "ode_init=$ODE" --checkpoint "sf_dmd_1step=$DMD" "${prompt_args[@]}"
 rm -rf "$DEMO_DIR/samples"
-oneforcing sample --checkpoint "$weights" --out "$DEMO_DIR/samples" --format gif \
-  --prompt "a large red circle moving right slowly" \
-  --prompt "a small blue square moving left quickly" \
-  --prompt "a large yellow triangle moving down slowly" \
-  --prompt "a small green circle moving up quickly and a large purple square moving left slowly"
-oneforcing sample --checkpoint "$weights" --out "$DEMO_DIR/samples" --format mp4 \
-  --prompt "a large red circle moving right slowly"
+oneforcing sample --checkpoint "$DMD" --out "$DEMO_DIR/samples/sf_dmd_1step" --format gif "${prompt_args[@]}"
+oneforcing sample --checkpoint "$DMD" --out "$DEMO_DIR/samples/sf_dmd_1step" --format mp4 --prompt "${PROMPTS[0]}"
+oneforcing sample --checkpoint "$TEACHER" --out "$DEMO_DIR/samples/teacher" --format gif "${prompt_args[@]}"
 
 echo
 echo "Done."
-echo "  GIFs:        $(ls "$DEMO_DIR"/samples/*.gif | tr '\n' ' ')"
-echo "  MP4:         $(ls "$DEMO_DIR"/samples/*.mp4 | tr '\n' ' ')"
-echo "  weights:     $weights"
-echo "  samples during training: $run_dir/samples/"
-echo "  TensorBoard logs: $run_dir   (view with: tensorboard --logdir $DEMO_DIR)"
+echo "  side by side (rows: teacher 48 steps, ODE init 4 steps, Self-Forcing DMD 1 step): $DEMO_DIR/side_by_side.gif"
+echo "  per-method GIFs/MP4: $DEMO_DIR/samples/"
+echo "  weights: ODE init $ODE, DMD $DMD"
+echo "  TensorBoard logs: $DEMO_DIR/{ode_init,sf_dmd_1step}/version_N   (view with: tensorboard --logdir $DEMO_DIR)"

@@ -114,8 +114,9 @@ class TeacherModule(L.LightningModule):
         context = self.encode_prompts(captions)
         sigma = shift_sigma(torch.sigmoid(torch.randn(B, device=self.device)), self.hparams.train_shift)
         loss = self.flow_matching_loss(x0, context, sigma, torch.randn_like(x0))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("data/skipped_samples", batch["num_skipped"].float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("data/skipped_samples", batch["num_skipped"].float(), reduce_fx="sum", on_step=False, on_epoch=True,
+                 batch_size=B)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -128,8 +129,8 @@ class TeacherModule(L.LightningModule):
             sigma = torch.full((x0.shape[0],), s, device=self.device)
             loss = self.flow_matching_loss(x0, context, sigma, noise)
             losses.append(loss)
-            self.log(f"val/loss_sigma_{s}", loss)
-        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True)
+            self.log(f"val/loss_sigma_{s}", loss, batch_size=x0.shape[0])
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=x0.shape[0])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
