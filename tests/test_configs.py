@@ -100,3 +100,18 @@ def test_self_forcing_dmd_runs_on_two_ddp_processes(recipe_inputs, tmp_path):
     assert (recipe_inputs["runs"] / "ddp" / "version_0" / "weights.safetensors").is_file()
     for role in ("generator", "critic"):
         assert (tmp_path / f"{role}_rank0.txt").read_text() == (tmp_path / f"{role}_rank1.txt").read_text(), role
+
+
+def test_a_step_list_that_does_not_match_the_trajectory_snapshots_fails_before_training(recipe_inputs):
+    config = REPO_ROOT / "configs" / "toy" / "ode_init_framewise.yaml"
+    args = ["fit", "--config", str(config), *tiny_backbone_args(),
+            "--model.init_args.num_frames", str(FRAMES), "--model.init_args.frame_size", str(SIZE),
+            "--model.init_args.generator_weights", str(recipe_inputs["teacher"]),
+            "--model.init_args.denoising_steps", "[1000, 500]",
+            "--data.init_args.root", str(recipe_inputs["ode"]), "--data.init_args.batch_size", "2",
+            "--trainer.max_steps", "2", "--trainer.logger.init_args.save_dir", str(recipe_inputs["runs"]),
+            "--trainer.logger.init_args.name", "mismatch"]
+    result = run_cli(args, timeout=300)
+    assert result.returncode != 0
+    assert "do not match the student's steps" in result.stderr, describe(result)
+    assert not list((recipe_inputs["runs"] / "mismatch").rglob("*.ckpt")), "no training step may run"
