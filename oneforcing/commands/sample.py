@@ -34,13 +34,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
     p.add_argument("--sampler", type=str, default="auto", choices=["auto", "euler", "streaming"])
     p.add_argument("--steps", type=int | None, default=None,
-                   help="denoising steps (euler: the module's default; streaming: per block, default 1)")
+                   help="denoising steps (euler: the module's default; streaming: per block, default: the "
+                        "student's training schedule, else 1)")
     p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float | None, default=None,
                    help="euler only: CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1)")
-    p.add_argument("--block-size", "--block_size", dest="block_size", type=int, default=1,
-                   help="streaming: latent frames per block (1 framewise, 3 chunkwise)")
+    p.add_argument("--block-size", "--block_size", dest="block_size", type=int | None, default=None,
+                   help="streaming: latent frames per block (1 framewise, 3 chunkwise; default: the student's, else 1)")
     p.add_argument("--first-block-size", "--first_block_size", dest="first_block_size", type=int | None, default=None,
-                   help="streaming: first-frame enhancement, size of the first block (e.g. 4)")
+                   help="streaming: first-frame enhancement, size of the first block (e.g. 4; default: the student's)")
     p.add_argument("--first-block-steps", "--first_block_steps", dest="first_block_steps", type=int | None,
                    default=None, help="streaming: steps of the first block (e.g. 4)")
     p.add_argument("--num-frames", "--num_frames", dest="num_frames", type=int | None, default=None,
@@ -85,9 +86,14 @@ def sample_command(argv: list[str]) -> None:
         module.encode_prompts([p])
     use_streaming = cfg.sampler == "streaming" or (cfg.sampler == "auto" and hasattr(module, "generator_weights"))
     if use_streaming:
-        generator = causal_generator_from(module, cfg.block_size, cfg.first_block_size, cfg.window, cfg.sink, cfg.ema)
-        first = student_sigmas(cfg.first_block_steps, cfg.shift) if cfg.first_block_steps else None
-        sampler = StreamingSampler(generator, student_sigmas(cfg.steps or 1, cfg.shift), first_block_sigmas=first)
+        trained = dict(module.hparams)  # a distilled student's own layout and schedule are the defaults
+        block_size = cfg.block_size or trained.get("block_size", 1)
+        first_block_size = cfg.first_block_size or trained.get("first_block_size")
+        generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, cfg.ema)
+        steps = student_sigmas(cfg.steps, cfg.shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
+        first = (student_sigmas(cfg.first_block_steps, cfg.shift) if cfg.first_block_steps
+                 else getattr(module, "first_block_sigmas", None))
+        sampler = StreamingSampler(generator, steps, first_block_sigmas=first)
         num_frames = cfg.num_frames or module.hparams.num_frames
     out = Path(cfg.out)
     written = []

@@ -210,8 +210,10 @@ class DistillationModule(L.LightningModule):
 
         if not any(isinstance(o, TrajectoryDistillation) for o in self.objectives):
             return
-        index = getattr(self.trainer.datamodule, "train_index", None) if self._trainer is not None else None
-        snapshots = (index or {}).get("snapshot_sigmas")
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_index"):
+            return  # plain dataloaders carry no shard index to check against
+        snapshots = (datamodule.train_index or {}).get("snapshot_sigmas")
         if snapshots is None:
             raise ValueError("TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); "
                              "the train split's index.json records no snapshot_sigmas.")
