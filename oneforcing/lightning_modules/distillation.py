@@ -174,6 +174,8 @@ class DistillationModule(L.LightningModule):
                 self.critic.load_weights(critic_init)
         if hp.ema_start is not None:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        for objective in self.objectives:
+            objective.configure(self.critic)
 
     @property
     def generator_objectives(self) -> list[Objective]:
@@ -195,6 +197,11 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._check_trajectory_data()
+        datamodule = self.trainer.datamodule
+        index = getattr(datamodule, "train_index", None) if datamodule is not None else None
+        problems = [p for o in self.objectives for p in o.check_data(index)]
+        if problems:
+            raise ValueError("The training data do not fit the objectives:\n  - " + "\n  - ".join(problems))
         rank = self.global_rank
         self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)  # per-rank noise; shared_rng stays equal
         self.shared_rng.manual_seed(self.hparams.seed)
@@ -281,7 +288,8 @@ class DistillationModule(L.LightningModule):
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
         if generator_due:
             if self.critic is not None:
-                self.critic.requires_grad_(False)  # the generator step never updates the critic
+                self.critic.requires_grad_(False)  # the generator step never updates the critic (or its heads)
+            self.objectives.requires_grad_(False)
             loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch), "generator")
             generator_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
@@ -291,6 +299,7 @@ class DistillationModule(L.LightningModule):
             generator_opt.zero_grad(set_to_none=True)
             if self.critic is not None:
                 self.critic.requires_grad_(True)
+            self.objectives.requires_grad_(True)
             self._update_ema(iteration)
             logs.update(step_logs)
         if critic_opt is not None:

@@ -82,3 +82,10 @@ class Objective(nn.Module):
     def check(self, module) -> list[str]:
         """Problems with this objective in ``module`` (reported together before training starts)."""
         return []
+
+    def check_data(self, index: dict | None) -> list[str]:
+        """Problems with the training data (the train split's index, None for plain dataloaders)."""
+        return []
+
+    def configure(self, critic) -> None:
+        """Build parameters that depend on the critic's shapes (called once the roles exist)."""

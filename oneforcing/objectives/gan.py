@@ -1,0 +1,157 @@
+"""One-Forcing's auxiliary GAN on the critic: the fake-score network doubles as a discriminator.
+
+One-Forcing arXiv 2605.23458 §3 (DMD + GAN); algorithm-notes §5.2-§5.3. With D(x_σ, σ) the logit of the
+discriminator head on the critic's features and softplus(z) = log(1 + e^z):
+    generator:      L_G = mean softplus(-D(x_fake,σ))                        (non-saturating; critic frozen)
+    discriminator:  L_D = mean softplus(-D(x_real,σ)) + mean softplus(D(x_fake,σ))
+                    with x_fake,σ and x_real,σ noised by the SAME ε at the SAME σ, scored in one 2B batch
+    relativistic:   L_D = mean softplus(-(D_real - D_fake)),  L_G = mean softplus(-(D_fake - D_real))
+    R1 ("apt"):     Δ1 = D(x_real,σ + σ1·η) - D(x_real,σ),  L_R1 = r1_weight · mean Δ1²
+    R1 (divided):   Δ1 / σ1 instead of Δ1, and L_R1 enters with a factor ½
+    R2:             Δ2 = (D(x_fake,σ + σ2·η) - D(x_fake,σ)) / σ2,  L_R2 = r2_weight · mean Δ2², factor ½
+σ is drawn like the critic's (U{0..999}/1000, critic shift, clamp [0.02, 0.98]), separately from DMD's.
+The module multiplies both sides by ``weight`` (0.03 in the paper: gan_g_weight = gan_d_weight); the R1/R2
+weights are the paper's absolute ones, so they are divided by ``weight`` here to come out unscaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from oneforcing.models.discriminator import DiscriminatorHead
+from oneforcing.models.flow_matching import add_noise
+from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.timesteps import sample_score_sigma
+
+
+def r1_penalty(d_real: torch.Tensor, d_real_perturbed: torch.Tensor, sigma1: float, kind: str) -> torch.Tensor:
+    """Finite-difference R1 on real data: 'apt' mean(Δ²), 'divided' ½·mean((Δ/σ1)²)."""
+    delta = d_real_perturbed - d_real
+    return delta.square().mean() if kind == "apt" else 0.5 * (delta / sigma1).square().mean()
+
+
+def r2_penalty(d_fake: torch.Tensor, d_fake_perturbed: torch.Tensor, sigma2: float) -> torch.Tensor:
+    """Finite-difference R2 on fake data: ½·mean(((D(x+σ2η) - D(x)) / σ2)²)."""
+    return 0.5 * ((d_fake_perturbed - d_fake) / sigma2).square().mean()
+
+
+class GAN(Objective):
+    """Non-saturating (or relativistic) GAN with a register-token discriminator head on the critic.
+
+    Args:
+        weight: multiplier of L_G and L_D (the paper's 0.03).
+        feature_layers: critic blocks whose outputs the head pools (0-based; [21, 29] framewise on Wan 1.3B).
+        num_registers: register tokens, one per feature layer.
+        head_ffn_dim, head_num_heads: the pooling blocks' FFN width and heads.
+        relativistic: relativistic pairing of real and fake logits.
+        r1_weight, r1_sigma, r1_kind: finite-difference R1 on real data (0 disables).
+        r2_weight, r2_sigma: finite-difference R2 on fake data (0 disables).
+        critic_timestep_shift: shift of the σ draw.
+        real_source: 'data' (the batch's ground-truth latents) or 'ode' (the teacher's ODE outputs).
+    """
+
+    roles = ("generator", "critic")
+
+    def __init__(self, weight: float = 0.03, feature_layers: Sequence[int] = (3, 5), num_registers: int = 2,
+                 head_ffn_dim: int = 256, head_num_heads: int = 4, relativistic: bool = False,
+                 r1_weight: float = 0.0, r1_sigma: float = 0.1, r1_kind: Literal["apt", "divided"] = "apt",
+                 r2_weight: float = 0.0, r2_sigma: float = 0.01, critic_timestep_shift: float = 5.0,
+                 real_source: Literal["data", "ode"] = "data") -> None:
+        super().__init__(weight)
+        if weight <= 0:
+            raise ValueError(f"GAN weight={weight} must be > 0 (remove the objective to disable it).")
+        if num_registers != len(feature_layers):
+            raise ValueError(f"GAN: {num_registers} registers for {len(feature_layers)} feature layers "
+                             f"{list(feature_layers)}; set num_registers: {len(feature_layers)}.")
+        self.feature_layers, self.num_registers = list(feature_layers), num_registers
+        self.head_ffn_dim, self.head_num_heads = head_ffn_dim, head_num_heads
+        self.relativistic = relativistic
+        self.r1_weight, self.r1_sigma, self.r1_kind = r1_weight, r1_sigma, r1_kind
+        self.r2_weight, self.r2_sigma = r2_weight, r2_sigma
+        self.critic_timestep_shift, self.real_source = critic_timestep_shift, real_source
+        self.head: DiscriminatorHead | None = None
+
+    def configure(self, critic) -> None:
+        """Build the head once the critic exists (its width and depth fix the head's shapes)."""
+        if self.head is None:
+            cfg = critic.config
+            self.head = DiscriminatorHead(cfg.dim, cfg.num_layers, self.feature_layers, self.num_registers,
+                                          self.head_ffn_dim, self.head_num_heads)
+
+    def check(self, module) -> list[str]:
+        num_layers = module.backbone_config.num_layers
+        problems = [f"GAN feature layer {layer} does not exist in the critic ({num_layers} blocks: 0..{num_layers - 1})"
+                    for layer in self.feature_layers if not 0 <= layer < num_layers]
+        return problems
+
+    def check_data(self, index: dict | None) -> list[str]:
+        """Before training: the real samples this objective needs must be in the data."""
+        if index is None:
+            return []
+        if self.real_source == "ode" and index.get("kind") != "trajectories":
+            return ["GAN(real_source='ode') needs trajectory shards (with ode_output); the train split holds "
+                    f"{index.get('kind', index.get('world', 'videos'))} data. Use real_source: data, or train on "
+                    "`oneforcing data trajectories` output"]
+        return []
+
+    def real_latents(self, ctx: StepContext) -> torch.Tensor:
+        real = ctx.batch.get("ode_output") if self.real_source == "ode" else ctx.real_latents
+        if real is None:
+            raise KeyError(f"GAN(real_source='{self.real_source}') found no real latents in the batch "
+                           f"({'ode_output' if self.real_source == 'ode' else 'pixels or latents'}).")
+        return real
+
+    def logits(self, ctx: StepContext, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.head(ctx.models["critic"], x, sigma, context).float().squeeze(-1)  # (B,)
+
+    def generator_loss(self, ctx: StepContext) -> Losses:
+        fake = ctx.rollout(grad=True).latents
+        B = fake.shape[0]
+        sigma = sample_score_sigma(B, ctx.rng, self.critic_timestep_shift).to(fake.device)
+        fake_sigma = add_noise(fake, ctx.randn_like(fake), sigma)
+        if self.relativistic:
+            real = self.real_latents(ctx)
+            real_sigma = add_noise(real, ctx.randn_like(real), sigma)  # independent ε, as in the reference
+            both = self.logits(ctx, torch.cat([fake_sigma, real_sigma]), sigma.repeat(2), ctx.context.repeat(2, 1, 1))
+            d_fake, d_real = both.chunk(2)
+            loss = F.softplus(-(d_fake - d_real)).mean()
+        else:
+            d_fake = self.logits(ctx, fake_sigma, sigma, ctx.context)
+            loss = F.softplus(-d_fake).mean()
+        return loss, {"gan_g_loss": loss.detach(), "gan_g_fake_logit": d_fake.mean().detach()}
+
+    def critic_loss(self, ctx: StepContext) -> Losses:
+        fake = ctx.rollout(grad=False).latents.detach()
+        real = self.real_latents(ctx).to(fake)
+        if real.shape != fake.shape:
+            raise ValueError(f"GAN real latents {tuple(real.shape)} and generated {tuple(fake.shape)} differ; "
+                             "set num_frames and frame_size to the data's.")
+        B = fake.shape[0]
+        sigma = sample_score_sigma(B, ctx.rng, self.critic_timestep_shift).to(fake.device)
+        noise = ctx.randn_like(fake)  # one ε for both halves
+        fake_sigma, real_sigma = add_noise(fake, noise, sigma), add_noise(real, noise, sigma)
+        both = self.logits(ctx, torch.cat([fake_sigma, real_sigma]), sigma.repeat(2), ctx.context.repeat(2, 1, 1))
+        d_fake, d_real = both.chunk(2)
+        if self.relativistic:
+            loss_d = F.softplus(-(d_real - d_fake)).mean()
+        else:
+            loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        logs = {"gan_d_loss": loss_d.detach(), "gan_real_logit": d_real.mean().detach(),
+                "gan_fake_logit": d_fake.mean().detach(), "gan_sigma": sigma.mean()}
+        regularisers = torch.zeros((), device=fake.device)
+        if self.r1_weight > 0:
+            perturbed = self.logits(ctx, real_sigma + self.r1_sigma * ctx.randn_like(real_sigma), sigma, ctx.context)
+            r1 = self.r1_weight * r1_penalty(d_real, perturbed, self.r1_sigma, self.r1_kind)
+            regularisers = regularisers + r1
+            logs["gan_r1"] = r1.detach()
+        if self.r2_weight > 0:
+            perturbed = self.logits(ctx, fake_sigma + self.r2_sigma * ctx.randn_like(fake_sigma), sigma, ctx.context)
+            r2 = self.r2_weight * r2_penalty(d_fake, perturbed, self.r2_sigma)
+            regularisers = regularisers + r2
+            logs["gan_r2"] = r2.detach()
+        # the module multiplies by `weight`; the R1/R2 weights are absolute, so divide them back out
+        return loss_d + regularisers / self.weight, logs

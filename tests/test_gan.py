@@ -1,0 +1,115 @@
+"""One-Forcing's GAN objective: the head, identical noising of real and fake, gradient routing, R1/R2."""
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from oneforcing.lightning_modules.distillation import DistillationModule
+from oneforcing.models.discriminator import DiscriminatorHead
+from oneforcing.models.wan import WanBackbone, WanConfig
+from oneforcing.objectives.base import StepContext
+from oneforcing.objectives.dmd import DMD
+from oneforcing.objectives.gan import GAN, r1_penalty, r2_penalty
+from oneforcing.objectives.rollout import Rollout
+
+TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
+            out_channels=12, text_dim=46)
+
+
+def test_head_gives_one_logit_per_video_from_the_chosen_layers():
+    torch.manual_seed(0)
+    critic = WanBackbone(WanConfig(**TINY))
+    head = DiscriminatorHead(24, 2, [0, 1], 2, ffn_dim=16, num_heads=2)
+    x, context = torch.randn(3, 4, 12, 8, 8), torch.randn(3, 5, 46)
+    logits = head(critic, x, torch.rand(3), context)
+    assert logits.shape == (3, 1)
+    assert not critic.transformer.blocks[0]._forward_hooks, "hooks are removed after the call"
+    head_last = DiscriminatorHead(24, 2, [1], 1, ffn_dim=16, num_heads=2)
+    x2 = x.clone()
+    x2[:, :, :, 0, 0] += 1.0
+    assert (head_last(critic, x2, torch.rand(3), context) - head_last(critic, x, torch.rand(3), context)).abs().max() > 0
+
+
+def test_bad_head_configs_fail_clearly():
+    with pytest.raises(ValueError, match="do not exist"):
+        DiscriminatorHead(24, 2, [5], 1)
+    with pytest.raises(ValueError, match="registers"):
+        GAN(feature_layers=[0, 1], num_registers=1)
+    with pytest.raises(ValueError, match="does not exist in the critic"):
+        DistillationModule([DMD(), GAN(feature_layers=[7], num_registers=1)], backbone=TINY, teacher_weights="t")
+    assert "trajectory shards" in GAN(real_source="ode").check_data({"world": "toy"})[0]
+    assert GAN(real_source="ode").check_data({"kind": "trajectories"}) == []
+
+
+def test_r1_r2_equal_their_finite_difference_formulas_on_a_toy_discriminator():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, generator=g)
+    D = lambda x: (x * w).sum(-1) + 0.1 * x.square().sum(-1)  # noqa: E731
+    x, eta = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    s1, s2 = 0.1, 0.01
+    assert torch.allclose(r1_penalty(D(x), D(x + s1 * eta), s1, "apt"), ((D(x + s1 * eta) - D(x)) ** 2).mean())
+    assert torch.allclose(r1_penalty(D(x), D(x + s1 * eta), s1, "divided"),
+                          0.5 * (((D(x + s1 * eta) - D(x)) / s1) ** 2).mean())
+    assert torch.allclose(r2_penalty(D(x), D(x + s2 * eta), s2), 0.5 * (((D(x + s2 * eta) - D(x)) / s2) ** 2).mean())
+
+
+def make_ctx(fake, real, seed=0):
+    return StepContext(batch={}, context=torch.zeros(fake.shape[0], 5, 46), uncond_context=None, real_latents=real,
+                       models={"critic": None}, rng=torch.Generator().manual_seed(seed), iteration=0,
+                       rollout_fn=lambda grad: Rollout(fake, torch.ones(fake.shape[1], dtype=torch.bool), 0, 0))
+
+
+def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    fake, real = torch.randn(3, 4, 2, 2, 2, generator=g), torch.randn(3, 4, 2, 2, 2, generator=g)
+    w = torch.randn(4, 2, 2, 2, generator=g)
+    calls = []
+
+    def toy_logits(self, ctx, x, sigma, context):
+        calls.append((x.clone(), sigma.clone()))
+        return (x * w).flatten(1).sum(1)
+
+    monkeypatch.setattr(GAN, "logits", toy_logits)
+    gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r2_weight=0.001, r2_sigma=0.01)
+    total, logs = gan.critic_loss(make_ctx(fake, real))
+    both, sigma = calls[0]
+    xf, xr = both.chunk(2)
+    s_f, s_r = sigma.chunk(2)
+    assert torch.equal(s_f, s_r), "fake and real are scored at the same σ"
+    s = s_f[:, None, None, None, None]
+    assert torch.allclose((xf - (1 - s) * fake) / s, (xr - (1 - s) * real) / s, atol=1e-5), "the same ε"
+    D = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    loss_d = torch.nn.functional.softplus(-D(xr)).mean() + torch.nn.functional.softplus(D(xf)).mean()
+    r1 = 1.0 * (D(calls[1][0]) - D(xr)).square().mean()
+    r2 = 0.001 * 0.5 * ((D(calls[2][0]) - D(xf)) / 0.01).square().mean()
+    assert torch.allclose(0.03 * total, 0.03 * loss_d + r1 + r2, atol=1e-5), "R1/R2 come out unscaled by the GAN weight"
+    g_loss, _ = gan.generator_loss(make_ctx(fake, real, seed=2))
+    assert torch.allclose(g_loss, torch.nn.functional.softplus(-D(calls[-1][0])).mean())
+
+
+def test_the_generators_gan_gradient_reaches_only_the_generator(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "critic.safetensors"
+    save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**TINY)).state_dict().items()}, weights)
+    module = DistillationModule([GAN(weight=0.5, feature_layers=[1], num_registers=1, head_ffn_dim=16, head_num_heads=2)],
+                                backbone=TINY, generator_weights=str(weights), critic_weights=str(weights),
+                                num_frames=3, frame_size=16, generator_update_every=1, ema_start=None)
+    seen = []
+    original = module.manual_backward
+
+    def record(loss, *args, **kwargs):
+        original(loss, *args, **kwargs)
+        grads = lambda m: [p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()]  # noqa: E731
+        seen.append({"generator": grads(module.generator), "critic": grads(module.critic),
+                     "head": grads(module.objectives[0].head)})
+
+    module.manual_backward = record
+    batch = {"caption": ["a large red circle moving left quickly"] * 2, "pixels": torch.rand(2, 3, 3, 16, 16) * 2 - 1,
+             "num_skipped": torch.tensor(0)}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    generator_step, critic_step = seen
+    assert any(generator_step["generator"]) and not any(generator_step["critic"]) and not any(generator_step["head"])
+    assert not any(critic_step["generator"]) and any(critic_step["critic"]) and any(critic_step["head"])
