@@ -37,10 +37,14 @@ def recipe_inputs(tmp_path_factory) -> dict[str, Path]:
                             num_frames=FRAMES, frame_size=SIZE)
     teacher.configure_model()
     weights = export_weights(teacher, root / "teacher.safetensors")
+    deep = TeacherModule(backbone=dict(TINY_BACKBONE, num_layers=6, in_channels=12, out_channels=12, text_dim=46),
+                         num_frames=FRAMES, frame_size=SIZE)  # the GAN recipes pool critic blocks 4 and 5
+    deep.configure_model()
+    deep_weights = export_weights(deep, root / "teacher6.safetensors")
     for split in ("train", "val"):
         export_trajectories(str(weights), str(root / "toy" / split), str(root / "ode" / split), steps=8,
                             batch_size=8, progress=False)
-    return {"toy": root / "toy", "ode": root / "ode", "teacher": weights, "runs": root / "runs"}
+    return {"toy": root / "toy", "ode": root / "ode", "teacher": weights, "teacher6": deep_weights, "runs": root / "runs"}
 
 
 @pytest.mark.parametrize("config", DISTILLATION, ids=lambda p: p.stem)
@@ -52,8 +56,13 @@ def test_toy_recipe_runs_two_iterations_through_the_cli(config, recipe_inputs):
             "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
             "--trainer.logger.init_args.save_dir", str(recipe_inputs["runs"]),
             "--trainer.logger.init_args.name", config.stem]
-    args += (["--model.init_args.generator_weights", str(recipe_inputs["teacher"])] if config.stem.startswith("ode_init")
-             else ["--model.init_args.teacher_weights", str(recipe_inputs["teacher"])])
+    if config.stem.startswith("ode_init"):
+        args += ["--model.init_args.generator_weights", str(recipe_inputs["teacher"])]
+    elif config.stem.startswith("one_forcing"):  # 6 blocks for the GAN's feature layers, a window inside 6 frames
+        args += ["--model.init_args.teacher_weights", str(recipe_inputs["teacher6"]),
+                 "--model.init_args.backbone.num_layers", "6", "--model.init_args.gradient_window_frames", "2"]
+    else:
+        args += ["--model.init_args.teacher_weights", str(recipe_inputs["teacher"])]
     result = run_cli(args, timeout=600)
     assert result.returncode == 0, describe(result)
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in result.stdout + result.stderr
