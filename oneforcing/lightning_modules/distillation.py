@@ -265,7 +265,8 @@ class DistillationModule(L.LightningModule):
         return StepContext(
             batch=batch, context=context, uncond_context=self.encode_prompts([""] * len(batch["caption"])),
             real_latents=self.latents_of(batch),
-            models={"generator": self.generator, "teacher": self.teacher, "critic": self.critic},
+            models={"generator": self.generator, "teacher": self.teacher, "critic": self.critic,
+                    "generator_ema": self.generator_ema},
             rng=self.rank_rng, iteration=int(self.iteration), rollout_fn=rollout,
         )
 

@@ -44,6 +44,16 @@ def dmd_surrogate_loss(x: torch.Tensor, grad: torch.Tensor, frame_mask: torch.Te
     return 0.5 * selected.mean()
 
 
+def critic_flow_loss(ctx: StepContext, shift: float, min_timestep: float, max_timestep: float) -> Losses:
+    """The fake score tracks the generator: flow matching on a fresh no-grad roll-out (notes §4.2)."""
+    x = ctx.rollout(grad=False).latents.detach()
+    sigma = sample_score_sigma(x.shape[0], ctx.rng, shift, min_timestep, max_timestep).to(x.device)
+    noise = ctx.randn_like(x)
+    v = ctx.models["critic"](add_noise(x, noise, sigma), sigma, ctx.context)
+    loss = (v.float() - velocity_target(x, noise).float()).square().mean()
+    return loss, {"critic_flow_loss": loss.detach(), "critic_sigma": sigma.mean()}
+
+
 class DMD(Objective):
     """DMD generator loss and the critic's flow-matching loss.
 
@@ -85,13 +95,7 @@ class DMD(Objective):
         return loss, {"dmd_loss": loss.detach(), "dmd_gradient_norm": grad.abs().mean(), "dmd_sigma": sigma.mean()}
 
     def critic_loss(self, ctx: StepContext) -> Losses:
-        x = ctx.rollout(grad=False).latents.detach()
-        B = x.shape[0]
-        sigma = sample_score_sigma(B, ctx.rng, self.critic_timestep_shift, self.min_timestep, self.max_timestep).to(x.device)
-        noise = ctx.randn_like(x)
-        v = ctx.models["critic"](add_noise(x, noise, sigma), sigma, ctx.context)
-        loss = (v.float() - velocity_target(x, noise).float()).square().mean()
-        return loss, {"critic_flow_loss": loss.detach(), "critic_sigma": sigma.mean()}
+        return critic_flow_loss(ctx, self.critic_timestep_shift, self.min_timestep, self.max_timestep)
 
     @property
     def has_critic_loss(self) -> bool:

@@ -1,0 +1,85 @@
+"""Causal consistency distillation (Causal Forcing stage 2b), the trajectory-style 1-step baseline.
+
+Causal Forcing (CF++) as described in algorithm-notes §6.4; consistency models arXiv 2303.01469 eq. 7.
+    grid σ_0 = 1 > … > σ_{N-1}: the N-step Euler grid at the shift (48 steps, s = 5 by default)
+    k ~ U{0..N-2};  σ = σ_k, σ' = σ_{k+1} (one value for every frame)
+    x_σ  = (1-σ)·x_gt + σ·ε
+    x_σ' = x_σ + (σ' - σ)·v_teacher(x_σ, σ)          (one CFG Euler step of the teacher, no gradient)
+    L_CD = mean( (x0_G(x_σ, σ) - sg(x0_EMA(x_σ', σ')))² )
+The student and the EMA target run in teacher-forcing mode with the ground-truth clean context (or the
+block-causal forward with ``teacher_forcing: false``). No boundary condition at the smallest σ (as in CF).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from oneforcing.models.flow_matching import add_noise, euler_sigmas, x0_from_velocity
+from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.sampling.euler import guided_velocity
+
+
+class ConsistencyDistillation(Objective):
+    """Discrete-grid consistency distillation with the generator's EMA as the target network.
+
+    Args:
+        weight: loss weight.
+        num_grid_steps: the discrete grid (48 in Causal Forcing).
+        grid_shift: its shift (5).
+        guidance_scale: teacher CFG weight w (Causal Forcing's g = 3 is w = 4).
+        teacher_forcing: student and target see the ground-truth clean earlier blocks.
+    """
+
+    roles = ("generator", "teacher")
+
+    def __init__(self, weight: float = 1.0, num_grid_steps: int = 48, grid_shift: float = 5.0,
+                 guidance_scale: float = 4.0, teacher_forcing: bool = True) -> None:
+        super().__init__(weight)
+        if num_grid_steps < 2:
+            raise ValueError(f"num_grid_steps={num_grid_steps}: the consistency grid needs at least 2 steps.")
+        self.num_grid_steps, self.grid_shift = num_grid_steps, grid_shift
+        self.guidance_scale, self.teacher_forcing = guidance_scale, teacher_forcing
+
+    @property
+    def grid(self) -> torch.Tensor:
+        return euler_sigmas(self.num_grid_steps, self.grid_shift)[:-1].float()  # (N,), without the final 0
+
+    def check(self, module) -> list[str]:
+        problems = []
+        if module.hparams.ema_start is None:
+            problems.append("ConsistencyDistillation regresses onto the generator's EMA: set ema_start (e.g. 0)")
+        grid = self.grid.double()
+        for sigma in (module.first_block_sigmas or []) + module.step_sigmas:
+            if float((grid - sigma).abs().min()) > 1e-5:
+                problems.append(
+                    f"the student's step σ={sigma:.4f} is not on the {self.num_grid_steps}-step consistency grid at "
+                    f"shift {self.grid_shift}; use a grid that contains the warped steps (48 steps at the same shift "
+                    "contains [1000, 750, 500, 250])")
+                break
+        return problems
+
+    def _x0(self, model, x: torch.Tensor, sigma: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        s = sigma[:, None].expand(-1, x.shape[1])  # (B, F)
+        if self.teacher_forcing:
+            v = model.forward_teacher_forcing(x, s, ctx.context, clean=ctx.real_latents)
+        else:
+            v = model(x, s, ctx.context)
+        return x0_from_velocity(x, v, s)
+
+    def generator_loss(self, ctx: StepContext) -> Losses:
+        x_gt = ctx.real_latents
+        if x_gt is None:
+            raise KeyError("ConsistencyDistillation needs ground-truth latents (pixels or latents) in the batch.")
+        B = x_gt.shape[0]
+        grid = self.grid.to(x_gt.device)
+        k = torch.randint(0, len(grid) - 1, (B,), generator=ctx.rng, device=ctx.rng.device).to(x_gt.device)
+        sigma, sigma_next = grid[k], grid[k + 1]
+        x_sigma = add_noise(x_gt, ctx.randn_like(x_gt), sigma)
+        with torch.no_grad():
+            v = guided_velocity(ctx.models["teacher"], x_sigma, sigma, ctx.context, ctx.uncond_context,
+                                self.guidance_scale)
+            x_next = x_sigma + (sigma_next - sigma).view(B, 1, 1, 1, 1) * v  # Euler step to the next grid point
+            target = self._x0(ctx.models["generator_ema"], x_next, sigma_next, ctx)
+        prediction = self._x0(ctx.models["generator"], x_sigma, sigma, ctx)
+        loss = (prediction.float() - target.float()).square().mean()
+        return loss, {"cd_loss": loss.detach(), "cd_sigma": sigma.mean()}
