@@ -71,9 +71,12 @@ def slug(text: str, limit: int = 60) -> str:
 
 def streaming_videos(module, sampler: StreamingSampler, prompts: list[str], seed: int, num_frames: int) -> torch.Tensor:
     """Pixel videos (B, F, 3, H, W) from the causal student, decoded after generation."""
-    f = module.codec.spatial_factor
-    size = module.hparams.frame_size // f
-    latents = sampler.sample(module.encode_prompts(prompts), num_frames, (module.codec.latent_channels, size, size),
+    if hasattr(module, "latent_shape"):
+        latent_shape = module.latent_shape()
+    else:
+        size = module.hparams.frame_size // module.codec.spatial_factor
+        latent_shape = (module.codec.latent_channels, size, size)
+    latents = sampler.sample(module.encode_prompts(prompts), num_frames, latent_shape,
                              per_prompt_generators(seed, len(prompts)))
     return module.codec.decode(latents)
 

@@ -54,7 +54,7 @@ class DistillationModule(L.LightningModule):
         generator_weights: generator initialisation (default: the teacher's weights, same shapes needed).
         critic_weights: critic initialisation (default: the teacher's weights).
         codec, text_encoder: as for the teacher (toy defaults).
-        num_frames, frame_size: latent frames per roll-out and pixel frame size.
+        num_frames, frame_size: latent frames per roll-out and pixel frame size (side, or (height, width)).
         block_size, first_block_size: the generator's block layout (first-frame enhancement: e.g. 4 then 1).
         denoising_steps: nominal steps per block, warped with ``warp_shift`` (e.g. [1000] or [1000, 750, 500, 250]).
         first_block_steps: nominal steps of the first block (default: ``denoising_steps``).
@@ -78,7 +78,7 @@ class DistillationModule(L.LightningModule):
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
         num_frames: int = 12,
-        frame_size: int = 32,
+        frame_size: int | tuple[int, int] = 32,
         block_size: int = 1,
         first_block_size: int | None = None,
         denoising_steps: Sequence[float] = (1000.0,),
@@ -242,8 +242,10 @@ class DistillationModule(L.LightningModule):
         return self.text_encoder(prompts).to(self.device)
 
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.hparams.frame_size // self.codec.spatial_factor
-        return self.codec.latent_channels, size, size
+        size = self.hparams.frame_size
+        height, width = (size, size) if isinstance(size, int) else size
+        f = self.codec.spatial_factor
+        return self.codec.latent_channels, height // f, width // f
 
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.rank_rng).to(self.device)

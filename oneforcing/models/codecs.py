@@ -34,29 +34,41 @@ class SpaceToDepthCodec(nn.Module):
 
 
 class WanVAECodec(nn.Module):
-    """AutoencoderKLWan with Wan2.1's per-channel latent normalisation, from a local diffusers folder."""
+    """AutoencoderKLWan with Wan2.1's per-channel latent normalisation, from a local diffusers folder.
 
-    def __init__(self, path: str, dtype: str = "bfloat16") -> None:
+    The VAE loads on first use (``load()``), so that configs build and validate without the weights (e.g. on
+    the meta device); ``latent_channels`` and ``spatial_factor`` are Wan2.1's and checked against the folder.
+    """
+
+    def __init__(self, path: str, dtype: str = "bfloat16", latent_channels: int = 16, spatial_factor: int = 8) -> None:
         super().__init__()
+        self.path, self.dtype = path, dtype
+        self.latent_channels, self.spatial_factor = latent_channels, spatial_factor
+        self.vae = None
+
+    def load(self) -> None:
+        if self.vae is not None:
+            return
         from diffusers import AutoencoderKLWan
 
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"VAE directory {path} does not exist; point codec.path at the Wan2.1 'vae' folder.")
-        self.vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=getattr(torch, dtype), local_files_only=True)
-        self.vae.requires_grad_(False)
-        cfg = self.vae.config
-        self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, 1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, 1, -1, 1, 1), persistent=False)
-        self.latent_channels = cfg.z_dim
-        self.spatial_factor = 8
+        if not Path(self.path).is_dir():
+            raise FileNotFoundError(f"VAE directory {self.path} does not exist; point codec.path at the Wan2.1 'vae' folder.")
+        vae = AutoencoderKLWan.from_pretrained(self.path, torch_dtype=getattr(torch, self.dtype), local_files_only=True)
+        if vae.config.z_dim != self.latent_channels:
+            raise ValueError(f"{self.path} has {vae.config.z_dim} latent channels, the config says {self.latent_channels}.")
+        self.vae = vae.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(vae.config.latents_mean).view(1, 1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(vae.config.latents_std).view(1, 1, -1, 1, 1), persistent=False)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.load()
         x = rearrange(pixels, "b t c h w -> b c t h w").to(self.vae.dtype)
         z = self.vae.encode(x).latent_dist.mode()  # (B, C, F', h, w)
         return (rearrange(z, "b c t h w -> b t c h w").float() - self.mean) / self.std
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        self.load()
         z = rearrange(latents * self.std + self.mean, "b t c h w -> b c t h w").to(self.vae.dtype)
         return rearrange(self.vae.decode(z).sample.float(), "b c t h w -> b t c h w").clamp(-1, 1)

@@ -58,13 +58,22 @@ class ToyTextEncoder(nn.Module):
 
 
 class UMT5TextEncoder(nn.Module):
-    """Wan's umT5-XXL encoder from a local diffusers/transformers directory; padding positions zeroed."""
+    """Wan's umT5-XXL encoder from a local diffusers/transformers directory; padding positions zeroed.
 
-    def __init__(self, path: str, max_length: int = 512, dtype: str = "bfloat16") -> None:
+    Loads on first use, so that configs build and validate without the weights; ``dim`` is umT5-XXL's 4096.
+    """
+
+    def __init__(self, path: str, max_length: int = 512, dtype: str = "bfloat16", dim: int = 4096) -> None:
         super().__init__()
+        self.path, self.max_length, self.dtype, self.dim = path, max_length, dtype, dim
+        self.tokenizer = self.model = None
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        root = Path(path)
+        root = Path(self.path)
         if not root.is_dir():
             raise FileNotFoundError(
                 f"umT5 directory {root} does not exist. Point text_encoder.path at a local copy of the Wan2.1 "
@@ -72,13 +81,14 @@ class UMT5TextEncoder(nn.Module):
             )
         tokenizer_dir = root.parent / "tokenizer" if (root.parent / "tokenizer").is_dir() else root
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        self.model = UMT5EncoderModel.from_pretrained(root, torch_dtype=getattr(torch, dtype), local_files_only=True)
-        self.model.requires_grad_(False)
-        self.max_length = max_length
-        self.dim = self.model.config.d_model
+        model = UMT5EncoderModel.from_pretrained(root, torch_dtype=getattr(torch, self.dtype), local_files_only=True)
+        if model.config.d_model != self.dim:
+            raise ValueError(f"{root} gives {model.config.d_model}-dim tokens, the config says {self.dim}.")
+        self.model = model.requires_grad_(False)
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
+        self.load()
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).to(self.model.device)
