@@ -25,6 +25,9 @@ RECIPES = {
     "SF DMD 1-step, chunkwise": dict(objective="dmd", block_size=3, steps=[1000]),
     "SF DMD 4-step, framewise": dict(objective="dmd", block_size=1, steps=[1000, 750, 500, 250]),
     "SF DMD 4-step, chunkwise": dict(objective="dmd", block_size=3, steps=[1000, 750, 500, 250]),
+    "One-Forcing (DMD+GAN) 1-step, framewise": dict(objective="dmd+gan", block_size=1, steps=[1000]),
+    "One-Forcing (DMD+GAN) 1-step, chunkwise": dict(objective="dmd+gan", block_size=3, steps=[1000]),
+    "Consistency 1-step, framewise": dict(objective="cd", block_size=1, steps=[1000]),
 }
 TOY = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512, in_channels=12,
            out_channels=12, text_dim=46)
@@ -39,16 +42,25 @@ def run_one(spec: dict, iterations: int, warmup: int, batch_size: int) -> dict:
     from oneforcing.lightning_modules.distillation import DistillationModule
     from oneforcing.models.flow_matching import warped_step_sigmas
     from oneforcing.models.wan import WanBackbone, WanConfig
+    from oneforcing.objectives.consistency import ConsistencyDistillation
     from oneforcing.objectives.dmd import DMD
+    from oneforcing.objectives.gan import GAN
     from oneforcing.objectives.trajectory import TrajectoryDistillation
 
     torch.manual_seed(0)
     teacher = tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False).name
     save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**TOY)).state_dict().items()}, teacher)
-    objective = DMD(guidance_scale=4.0) if spec["objective"] == "dmd" else TrajectoryDistillation()
-    module = DistillationModule([objective], backbone=TOY, teacher_weights=teacher if spec["objective"] == "dmd" else None,
+    kind = spec["objective"]
+    objectives = {
+        "dmd": lambda: [DMD(guidance_scale=4.0)],
+        "dmd+gan": lambda: [DMD(guidance_scale=6.0), GAN(weight=0.03, feature_layers=[4, 5], num_registers=2)],
+        "ode": lambda: [TrajectoryDistillation()],
+        "cd": lambda: [ConsistencyDistillation()],
+    }[kind]()
+    module = DistillationModule(objectives, backbone=TOY, teacher_weights=None if kind == "ode" else teacher,
                                 generator_weights=teacher, block_size=spec["block_size"], denoising_steps=spec["steps"],
-                                generator_update_every=5 if spec["objective"] == "dmd" else 1, ema_start=None)
+                                generator_update_every=5 if kind.startswith("dmd") else 1,
+                                ema_start=0 if kind == "cd" else None)
     g = torch.Generator().manual_seed(0)
     K = len(spec["steps"])
     batch = {"caption": ["a large red circle moving left quickly"] * batch_size,
@@ -94,10 +106,14 @@ def main() -> None:
     print("|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['seconds_per_iteration']:.2f} | {r['peak_rss_mb']:.0f} |")
-    for kind in ("ODE init", "SF DMD 1-step", "SF DMD 4-step"):
+    for kind in ("ODE init", "SF DMD 1-step", "SF DMD 4-step", "One-Forcing (DMD+GAN) 1-step"):
         fw, cw = results[f"{kind}, framewise"], results[f"{kind}, chunkwise"]
         print(f"\n{kind}: framewise / chunkwise iteration time = "
               f"{fw['seconds_per_iteration'] / cw['seconds_per_iteration']:.2f}x", end="")
+    for layout in ("framewise", "chunkwise"):
+        gan, dmd = results[f"One-Forcing (DMD+GAN) 1-step, {layout}"], results[f"SF DMD 1-step, {layout}"]
+        print(f"\nDMD+GAN / DMD-only iteration time, {layout}: "
+              f"{gan['seconds_per_iteration'] / dmd['seconds_per_iteration']:.2f}x (goal <= 1.3x)", end="")
     print()
 
 

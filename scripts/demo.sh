@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The main job on the built-in default (run through `make demo`), about 10 minutes on 2 CPU cores:
+# The main job on the built-in default (run through `make demo`), about 15 minutes on 2 CPU cores:
 #   1. write a small toy world as webdataset shards (400 train + 16 val videos, 32x32, 12 frames);
 #   2. the shipped toy teacher (assets/toy_teacher.safetensors) samples ODE trajectories (48 Euler steps,
 #      shift 5, CFG w = 4) at the student's warped 4-step times;
 #   3. ODE init: the causal framewise student regresses onto them (trajectory distillation);
-#   4. Self-Forcing DMD at 1 step per frame, from the ODE init, against the teacher;
-#   5. a side-by-side GIF (rows: teacher at 48 steps, ODE init at 4 steps, DMD at 1 step) plus per-method GIFs/MP4.
+#   4. the three 1-step framewise students, each from the ODE init: Self-Forcing DMD, One-Forcing (DMD + GAN)
+#      and causal consistency distillation;
+#   5. a side-by-side GIF (rows: teacher at 48 steps, ODE init at 4 steps, then the three 1-step students) plus
+#      per-method GIFs/MP4.
 # Everything goes under runs/demo/ with TensorBoard logs per stage. Overrides: DEMO_DIR, DEMO_TEACHER,
-# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_DMD_STEPS. Expects `oneforcing` on PATH (the Makefile does that).
+# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_DMD_STEPS (iterations of each 1-step student). Expects `oneforcing` on PATH (the Makefile does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,25 +48,39 @@ oneforcing fit --config configs/toy/ode_init_framewise.yaml --model.init_args.ge
   --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name ode_init
 ODE="$(newest "$DEMO_DIR/ode_init")/weights.safetensors"
 
-echo "== 4/5 Self-Forcing DMD, 1 step per frame, $DMD_STEPS iterations (generator every 5th)"
-oneforcing fit --config configs/toy/self_forcing_dmd_1step.yaml --model.init_args.teacher_weights "$TEACHER" \
-  --model.init_args.generator_weights "$ODE" --data.init_args.root "$DEMO_DIR/data" \
-  --trainer.max_steps "$DMD_STEPS" --trainer.val_check_interval "$DMD_STEPS" \
-  --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name sf_dmd_1step
+student() {  # config, run name: a 1-step student from the ODE init, against the teacher
+  oneforcing fit --config "$1" --model.init_args.teacher_weights "$TEACHER" \
+    --model.init_args.generator_weights "$ODE" --data.init_args.root "$DEMO_DIR/data" \
+    --trainer.max_steps "$DMD_STEPS" --trainer.val_check_interval "$DMD_STEPS" \
+    --trainer.logger.init_args.save_dir "$DEMO_DIR" --trainer.logger.init_args.name "$2"
+}
+echo "== 4/5 the 1-step students, $DMD_STEPS iterations each"
+echo "-- Self-Forcing DMD (critic every iteration, generator every 5th)"
+student configs/toy/self_forcing_dmd_1step.yaml sf_dmd_1step
+echo "-- One-Forcing: DMD + GAN on the shared critic"
+student configs/toy/one_forcing_framewise_1step.yaml one_forcing_1step
+echo "-- causal consistency distillation (EMA target, teacher forcing)"
+student configs/toy/consistency_1step.yaml consistency_1step
 DMD="$(newest "$DEMO_DIR/sf_dmd_1step")/weights.safetensors"
+OF="$(newest "$DEMO_DIR/one_forcing_1step")/weights.safetensors"
+CD="$(newest "$DEMO_DIR/consistency_1step")/weights.safetensors"
 
 echo "== 5/5 samples"
 prompt_args=(); for p in "${PROMPTS[@]}"; do prompt_args+=(--prompt "$p"); done
 python scripts/side_by_side.py --out "$DEMO_DIR/side_by_side.gif" \
-  --checkpoint "teacher=$TEACHER" --checkpoint "ode_init=$ODE" --checkpoint "sf_dmd_1step=$DMD" "${prompt_args[@]}"
+  --checkpoint "teacher=$TEACHER" --checkpoint "ode_init=$ODE" --checkpoint "sf_dmd_1step=$DMD" \
+  --checkpoint "one_forcing_1step=$OF" --checkpoint "consistency_1step=$CD" "${prompt_args[@]}"
 rm -rf "$DEMO_DIR/samples"
 oneforcing sample --checkpoint "$DMD" --out "$DEMO_DIR/samples/sf_dmd_1step" --format gif "${prompt_args[@]}"
 oneforcing sample --checkpoint "$DMD" --out "$DEMO_DIR/samples/sf_dmd_1step" --format mp4 --prompt "${PROMPTS[0]}"
+oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step" --format gif "${prompt_args[@]}"
+oneforcing sample --checkpoint "$CD" --out "$DEMO_DIR/samples/consistency_1step" --format gif "${prompt_args[@]}"
 oneforcing sample --checkpoint "$TEACHER" --out "$DEMO_DIR/samples/teacher" --format gif "${prompt_args[@]}"
 
 echo
 echo "Done."
-echo "  side by side (rows: teacher 48 steps, ODE init 4 steps, Self-Forcing DMD 1 step): $DEMO_DIR/side_by_side.gif"
+echo "  side by side (rows: teacher 48 steps, ODE init 4 steps, then 1 step: Self-Forcing DMD, One-Forcing, consistency):"
+echo "    $DEMO_DIR/side_by_side.gif"
 echo "  per-method GIFs/MP4: $DEMO_DIR/samples/"
-echo "  weights: ODE init $ODE, DMD $DMD"
-echo "  TensorBoard logs: $DEMO_DIR/{ode_init,sf_dmd_1step}/version_N   (view with: tensorboard --logdir $DEMO_DIR)"
+echo "  weights: ODE init $ODE, Self-Forcing DMD $DMD, One-Forcing $OF, consistency $CD"
+echo "  TensorBoard logs: $DEMO_DIR/<stage>/version_N   (view with: tensorboard --logdir $DEMO_DIR)"
