@@ -17,7 +17,7 @@ DEMO_DIR="${DEMO_DIR:-runs/demo}"
 TEACHER="${DEMO_TEACHER:-assets/toy_teacher.safetensors}"
 TRAJECTORIES="${DEMO_TRAJECTORIES:-128}"
 ODE_STEPS="${DEMO_ODE_STEPS:-150}"
-DMD_STEPS="${DEMO_DMD_STEPS:-100}"
+DMD_STEPS="${DEMO_DMD_STEPS:-80}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 PROMPTS=("a large red circle moving right slowly" "a small blue square moving left quickly"
          "a large yellow triangle moving down slowly" "a large green square moving up quickly")
