@@ -224,7 +224,7 @@ class DistillationModule(L.LightningModule):
         if snapshots is None:
             raise ValueError("TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); "
                              "the train split's index.json records no snapshot_sigmas.")
-        steps = self.first_block_sigmas or self.step_sigmas
+        steps = self.step_sigmas
         if len(snapshots) != len(steps) or any(abs(a - b) > 1e-5 for a, b in zip(snapshots, steps)):
             raise ValueError(
                 f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not match the student's steps "
