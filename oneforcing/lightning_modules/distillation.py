@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import SpaceToDepthCodec, WanVAECodec
 from oneforcing.models.text_encoders import ToyTextEncoder, UMT5TextEncoder
@@ -65,6 +66,7 @@ class DistillationModule(L.LightningModule):
         generator_grad_clip, critic_grad_clip: max gradient norms.
         ema_decay, ema_start: EMA of the generator, created at iteration ``ema_start`` (None: no EMA).
         seed: seeds the module's random generators.
+        nonfinite_patience: consecutive non-finite losses skipped before the run stops with an error.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class DistillationModule(L.LightningModule):
         ema_decay: float = 0.99,
         ema_start: int | None = 50,
         seed: int = 0,
+        nonfinite_patience: int = 20,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -121,6 +124,7 @@ class DistillationModule(L.LightningModule):
         self.register_buffer("ema_initialised", torch.zeros((), dtype=torch.bool))
         self.shared_rng = torch.Generator().manual_seed(seed)
         self.rank_rng = torch.Generator().manual_seed(seed)
+        self.nonfinite = NonFiniteGuard(nonfinite_patience)
 
     # --- configuration ----------------------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -295,30 +299,36 @@ class DistillationModule(L.LightningModule):
             self.objectives.requires_grad_(False)
             loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch), "generator")
             generator_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            logs["generator/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), hp.generator_grad_clip)
-            # counted by Lightning only when no critic steps every iteration
+            finite = self.nonfinite.is_finite(self, loss, "generator")
+            if finite:
+                self.manual_backward(loss)
+                logs["generator/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.generator.parameters(),
+                                                                             hp.generator_grad_clip)
+            # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
             generator_opt.zero_grad(set_to_none=True)
             if self.critic is not None:
                 self.critic.requires_grad_(True)
             self.objectives.requires_grad_(True)
-            self._update_ema(iteration)
+            if finite:
+                self._update_ema(iteration)
             logs.update(step_logs)
         if critic_opt is not None:
             self.generator.requires_grad_(False)  # the critic step never updates the generator
             loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch), "critic")
             critic_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            critic_params = [p for g in critic_opt.optimizer.param_groups for p in g["params"]]
-            logs["critic/grad_norm"] = torch.nn.utils.clip_grad_norm_(critic_params, hp.critic_grad_clip)
-            critic_opt.step()
+            if self.nonfinite.is_finite(self, loss, "critic"):
+                self.manual_backward(loss)
+                critic_params = [p for g in critic_opt.optimizer.param_groups for p in g["params"]]
+                logs["critic/grad_norm"] = torch.nn.utils.clip_grad_norm_(critic_params, hp.critic_grad_clip)
+            critic_opt.step()  # counted by Lightning; without gradients (a skipped step) it changes nothing
             critic_opt.zero_grad(set_to_none=True)
             self.generator.requires_grad_(True)
             logs.update(step_logs)
         self.iteration += 1
         if batch.get("num_skipped") is not None:
             logs["data/skipped_samples"] = batch["num_skipped"].float()
+        logs["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite.skipped))
         self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
         self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
 
