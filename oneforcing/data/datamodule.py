@@ -12,7 +12,6 @@ from the main process even when workers are separate processes.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from itertools import islice
 from pathlib import Path
@@ -23,7 +22,6 @@ import webdataset as wds
 
 from oneforcing.data.shards import decode_sample, read_index
 
-log = logging.getLogger(__name__)
 _skipped_in_this_worker = 0  # per process: each dataloader worker has its own
 
 
