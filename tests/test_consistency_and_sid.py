@@ -47,7 +47,6 @@ def test_consistency_target_is_the_ema_at_the_next_grid_point_without_gradient()
     loss, logs = objective.generator_loss(ctx)
     x_next, sigma_next, grad_enabled = calls["ema"]
     grid = objective.grid
-    sigma = logs["cd_sigma"]
     assert not grad_enabled
     for b in range(2):
         k = int((grid - sigma_next[b, 0]).abs().argmin())

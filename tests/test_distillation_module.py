@@ -1,6 +1,5 @@
 """DistillationModule: update ratio, role isolation, EMA schedule, iteration budget, exact resume, bad config."""
 
-import copy
 
 import lightning as L
 import pytest
