@@ -25,11 +25,6 @@ INFERENCE_PREFIXES = {"DistillationModule": ("generator.", "generator_ema.", "it
 INIT_WEIGHT_KEYS = ("init_weights", "teacher_weights", "generator_weights", "critic_weights")
 
 
-def register_module_class(cls: type[L.LightningModule]) -> type[L.LightningModule]:
-    MODULE_CLASSES[cls.__name__] = cls
-    return cls
-
-
 def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = None) -> L.LightningModule:
     """Rebuild a module from a checkpoint or exported weights; ``expected`` restricts the accepted classes."""
     path = Path(path)

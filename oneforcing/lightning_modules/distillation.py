@@ -27,8 +27,8 @@ from torch import nn
 
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.codecs import SpaceToDepthCodec, WanVAECodec
-from oneforcing.models.text_encoders import ToyTextEncoder, UMT5TextEncoder
+from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
+from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.base import ROLES, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
@@ -36,8 +36,6 @@ from oneforcing.sampling.schedules import check_sigmas
 from oneforcing.models.flow_matching import warped_step_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 
-LatentCodec = SpaceToDepthCodec | WanVAECodec
-TextEncoder = ToyTextEncoder | UMT5TextEncoder
 
 
 def _config(value: WanConfig | dict | None, default: WanConfig) -> WanConfig:
@@ -140,12 +138,7 @@ class DistillationModule(L.LightningModule):
         if hp.generator_update_every < 1:
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
-        if self.text_encoder.dim != self.backbone_config.text_dim:
-            problems.append(f"backbone.text_dim={self.backbone_config.text_dim} but the text encoder gives "
-                            f"{self.text_encoder.dim}; set text_dim: {self.text_encoder.dim}")
-        if self.codec.latent_channels != self.backbone_config.in_channels:
-            problems.append(f"backbone.in_channels={self.backbone_config.in_channels} but the codec gives "
-                            f"{self.codec.latent_channels} channels")
+        problems += self.backbone_config.io_problems(self.codec, self.text_encoder)
         if hp.gradient_window_frames is not None and not 0 < hp.gradient_window_frames <= hp.num_frames:
             problems.append(f"gradient_window_frames={hp.gradient_window_frames} must be in [1, num_frames={hp.num_frames}]")
         try:
@@ -254,8 +247,7 @@ class DistillationModule(L.LightningModule):
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.rank_rng).to(self.device)
 
-    def _step_context(self, batch: dict) -> StepContext:
-        context = self.encode_prompts(batch["caption"])
+    def _step_context(self, batch: dict, context: torch.Tensor, uncond_context: torch.Tensor) -> StepContext:
         hp = self.hparams
         window = gradient_window(hp.num_frames, hp.gradient_window_frames)
 
@@ -269,7 +261,7 @@ class DistillationModule(L.LightningModule):
                                             window, grad=grad, context_sigma=hp.context_sigma)
 
         return StepContext(
-            batch=batch, context=context, uncond_context=self.encode_prompts([""] * len(batch["caption"])),
+            batch=batch, context=context, uncond_context=uncond_context,
             real_latents=self.latents_of(batch),
             models={"generator": self.generator, "teacher": self.teacher, "critic": self.critic,
                     "generator_ema": self.generator_ema},
@@ -292,12 +284,13 @@ class DistillationModule(L.LightningModule):
         generator_opt, critic_opt = optimizers[0], (optimizers[1] if len(optimizers) > 1 else None)
         iteration = int(self.iteration)
         logs = {}
+        prompts = (self.encode_prompts(batch["caption"]), self.encode_prompts([""] * len(batch["caption"])))
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
         if generator_due:
             if self.critic is not None:
                 self.critic.requires_grad_(False)  # the generator step never updates the critic (or its heads)
             self.objectives.requires_grad_(False)
-            loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch), "generator")
+            loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch, *prompts), "generator")
             generator_opt.zero_grad(set_to_none=True)
             finite = self.nonfinite.is_finite(self, loss, "generator")
             if finite:
@@ -315,7 +308,7 @@ class DistillationModule(L.LightningModule):
             logs.update(step_logs)
         if critic_opt is not None:
             self.generator.requires_grad_(False)  # the critic step never updates the generator
-            loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch), "critic")
+            loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
             critic_opt.zero_grad(set_to_none=True)
             if self.nonfinite.is_finite(self, loss, "critic"):
                 self.manual_backward(loss)

@@ -13,14 +13,12 @@ import lightning as L
 import torch
 
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
-from oneforcing.models.codecs import SpaceToDepthCodec, WanVAECodec
+from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, shift_sigma, velocity_target
-from oneforcing.models.text_encoders import ToyTextEncoder, UMT5TextEncoder
+from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.sampling.euler import euler_sample
 
-LatentCodec = SpaceToDepthCodec | WanVAECodec
-TextEncoder = ToyTextEncoder | UMT5TextEncoder
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fixed noise levels: the val loss is comparable across runs
 
 
@@ -65,17 +63,7 @@ class TeacherModule(L.LightningModule):
         self.hparams["backbone"] = dataclasses.asdict(self.backbone_config)  # plain types: loads with weights_only
         self.codec = codec or SpaceToDepthCodec(factor=2)
         self.text_encoder = text_encoder or ToyTextEncoder()
-        problems = []
-        if self.text_encoder.dim != self.backbone_config.text_dim:
-            problems.append(
-                f"backbone.text_dim={self.backbone_config.text_dim} but the text encoder gives {self.text_encoder.dim}-dim "
-                f"tokens; set backbone.text_dim: {self.text_encoder.dim}"
-            )
-        if self.codec.latent_channels != self.backbone_config.in_channels:
-            problems.append(
-                f"backbone.in_channels={self.backbone_config.in_channels} but the codec gives "
-                f"{self.codec.latent_channels} latent channels; set in_channels/out_channels to {self.codec.latent_channels}"
-            )
+        problems = self.backbone_config.io_problems(self.codec, self.text_encoder)
         if not 0.0 <= caption_dropout < 1.0:
             problems.append(f"caption_dropout={caption_dropout} must be in [0, 1)")
         if problems:

@@ -72,3 +72,6 @@ class WanVAECodec(nn.Module):
         self.load()
         z = rearrange(latents * self.std + self.mean, "b t c h w -> b c t h w").to(self.vae.dtype)
         return rearrange(self.vae.decode(z).sample.float(), "b c t h w -> b t c h w").clamp(-1, 1)
+
+
+LatentCodec = SpaceToDepthCodec | WanVAECodec

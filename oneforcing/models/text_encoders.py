@@ -94,3 +94,6 @@ class UMT5TextEncoder(nn.Module):
         ).to(self.model.device)
         hidden = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return hidden * tokens.attention_mask[..., None].to(hidden.dtype)  # (B, L, D), padding zeroed
+
+
+TextEncoder = ToyTextEncoder | UMT5TextEncoder

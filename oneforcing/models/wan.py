@@ -39,6 +39,17 @@ class WanConfig:
     def dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
 
+    def io_problems(self, codec, text_encoder) -> list[str]:
+        """Mismatches between this backbone and the codec / text encoder that feed it."""
+        problems = []
+        if text_encoder.dim != self.text_dim:
+            problems.append(f"backbone.text_dim={self.text_dim} but the text encoder gives {text_encoder.dim}-dim "
+                            f"tokens; set backbone.text_dim: {text_encoder.dim}")
+        if codec.latent_channels != self.in_channels:
+            problems.append(f"backbone.in_channels={self.in_channels} but the codec gives {codec.latent_channels} "
+                            f"latent channels; set in_channels/out_channels to {codec.latent_channels}")
+        return problems
+
 
 WAN21_T2V_1_3B = WanConfig(
     num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
