@@ -66,11 +66,11 @@ def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(mo
     w = torch.randn(4, 2, 2, 2, generator=g)
     calls = []
 
-    def toy_logits(self, ctx, x, sigma, context):
+    def toy_scores(self, ctx, x, sigma, context):
         calls.append((x.clone(), sigma.clone()))
-        return (x * w).flatten(1).sum(1)
+        return (x * w).flatten(1).sum(1), None
 
-    monkeypatch.setattr(GAN, "logits", toy_logits)
+    monkeypatch.setattr(GAN, "scores", toy_scores)
     gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r2_weight=0.001, r2_sigma=0.01)
     total, logs = gan.critic_loss(make_ctx(fake, real))
     both, sigma = calls[0]
@@ -113,3 +113,73 @@ def test_the_generators_gan_gradient_reaches_only_the_generator(tmp_path):
     generator_step, critic_step = seen
     assert any(generator_step["generator"]) and not any(generator_step["critic"]) and not any(generator_step["head"])
     assert not any(critic_step["generator"]) and any(critic_step["critic"]) and any(critic_step["head"])
+
+
+def _tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "critic.safetensors"
+    save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**TINY)).state_dict().items()}, path)
+    return str(path)
+
+
+def test_shared_flow_pass_gives_the_flow_loss_of_the_fake_half_at_the_discriminators_sigma_and_noise(tmp_path):
+    weights = _tiny_weights(tmp_path)
+    gan = GAN(weight=0.03, feature_layers=[1], num_registers=1, head_ffn_dim=16, head_num_heads=2, shared_flow_pass=True)
+    module = DistillationModule([DMD(train_critic=False), gan], backbone=TINY, teacher_weights=weights,
+                                num_frames=3, frame_size=16, ema_start=None)
+    module.configure_model()
+    g = torch.Generator().manual_seed(3)
+    fake, real = torch.randn(2, 3, 12, 8, 8, generator=g), torch.randn(2, 3, 12, 8, 8, generator=g)
+    ctx = make_ctx(fake, real, seed=4)
+    ctx.context, ctx.models = torch.randn(2, 5, 46, generator=g), {"critic": module.critic}
+    total, logs = gan.critic_loss(ctx)
+    replay = torch.Generator().manual_seed(4)  # the same draws: σ, then one ε for both halves
+    from oneforcing.objectives.timesteps import sample_score_sigma
+
+    sigma = sample_score_sigma(2, replay, gan.critic_timestep_shift)
+    noise = torch.randn(fake.shape, generator=replay)
+    s = sigma[:, None, None, None, None]
+    with torch.no_grad():
+        v = module.critic((1 - s) * fake + s * noise, sigma, ctx.context)  # the fake half alone, batch B
+    expected_flow = (v - (noise - fake)).square().mean()
+    assert torch.allclose(logs["critic_flow_loss"], expected_flow, rtol=1e-4)
+    assert torch.allclose(total, logs["gan_d_loss"] + expected_flow / 0.03, rtol=1e-4)
+
+
+def test_shared_flow_pass_with_a_dmd_that_also_trains_the_critic_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="train_critic: false"):
+        DistillationModule([DMD(), GAN(feature_layers=[1], num_registers=1, shared_flow_pass=True)], backbone=TINY,
+                           teacher_weights="t")
+
+
+def test_discriminator_update_every_skips_the_discriminator_loss_between_its_slots():
+    g = torch.Generator().manual_seed(1)
+    fake, real = torch.randn(2, 3, 12, 8, 8, generator=g), torch.randn(2, 3, 12, 8, 8, generator=g)
+    gan = GAN(feature_layers=[0], num_registers=1, discriminator_update_every=3)
+    ctx = make_ctx(fake, real)
+    ctx.iteration = 1
+    loss, logs = gan.critic_loss(ctx)
+    assert logs == {} and loss.item() == 0.0 and not loss.requires_grad
+    with pytest.raises(ValueError, match=">= 1"):
+        GAN(discriminator_update_every=0)
+
+
+def test_a_head_with_its_own_optimizer_trains_apart_from_the_critic(tmp_path):
+    weights = _tiny_weights(tmp_path)
+    gan = GAN(weight=0.5, feature_layers=[1], num_registers=1, head_ffn_dim=16, head_num_heads=2, head_lr=1e-2)
+    module = DistillationModule([gan], backbone=TINY, generator_weights=weights, critic_weights=weights,
+                                num_frames=3, frame_size=16, generator_update_every=1, ema_start=None, critic_lr=1e-9)
+    module.configure_model()
+    before = [p.detach().clone() for p in gan.parameters()]
+    batch = {"caption": ["a large red circle moving left quickly"] * 2, "pixels": torch.rand(2, 3, 3, 16, 16) * 2 - 1,
+             "num_skipped": torch.tensor(0)}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    critic_opt, head_opt = trainer.optimizers[1], trainer.optimizers[2]
+    head_ids = {id(p) for p in gan.parameters()}
+    assert not head_ids & {id(p) for g in critic_opt.param_groups for p in g["params"]}
+    assert head_ids == {id(p) for g in head_opt.param_groups for p in g["params"]} and head_opt.defaults["lr"] == 1e-2
+    moved = max((p - b).abs().max().item() for p, b in zip(gan.parameters(), before))
+    assert moved > 1e-4, "the head's own optimizer stepped at its own learning rate"
+    assert trainer.global_step == 1, "one counted step per iteration"

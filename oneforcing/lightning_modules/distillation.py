@@ -187,9 +187,14 @@ class DistillationModule(L.LightningModule):
         optimizers = [torch.optim.AdamW(self.generator.parameters(), lr=hp.generator_lr, betas=hp.betas,
                                         weight_decay=hp.weight_decay)]
         if self.critic_objectives:
-            critic_params = list(self.critic.parameters()) + [p for o in self.objectives for p in o.parameters()]
-            optimizers.append(torch.optim.AdamW(critic_params, lr=hp.critic_lr, betas=hp.betas,
-                                                weight_decay=hp.weight_decay))
+            shared = [p for o in self.objectives if o.optimizer_settings() is None for p in o.parameters()]
+            optimizers.append(torch.optim.AdamW(list(self.critic.parameters()) + shared, lr=hp.critic_lr,
+                                                betas=hp.betas, weight_decay=hp.weight_decay))
+            for objective in self.objectives:  # heads with their own optimizer step together with the critic's
+                settings = objective.optimizer_settings()
+                if settings is not None:
+                    optimizers.append(torch.optim.AdamW(objective.parameters(), weight_decay=hp.weight_decay,
+                                                        **settings))
         return optimizers
 
     def on_fit_start(self) -> None:
@@ -282,6 +287,7 @@ class DistillationModule(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         generator_opt, critic_opt = optimizers[0], (optimizers[1] if len(optimizers) > 1 else None)
+        head_opts = optimizers[2:]  # objectives' own optimizers (e.g. a GAN head), stepped with the critic's
         iteration = int(self.iteration)
         logs = {}
         prompts = (self.encode_prompts(batch["caption"]), self.encode_prompts([""] * len(batch["caption"])))
@@ -309,13 +315,18 @@ class DistillationModule(L.LightningModule):
         if critic_opt is not None:
             self.generator.requires_grad_(False)  # the critic step never updates the generator
             loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
-            critic_opt.zero_grad(set_to_none=True)
-            if self.nonfinite.is_finite(self, loss, "critic"):
+            for opt in (critic_opt, *head_opts):
+                opt.zero_grad(set_to_none=True)
+            if self.nonfinite.is_finite(self, loss, "critic") and loss.requires_grad:
                 self.manual_backward(loss)
-                critic_params = [p for g in critic_opt.optimizer.param_groups for p in g["params"]]
-                logs["critic/grad_norm"] = torch.nn.utils.clip_grad_norm_(critic_params, hp.critic_grad_clip)
+                for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):
+                    params = [p for g in opt.optimizer.param_groups for p in g["params"]]
+                    logs[f"{name}/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, hp.critic_grad_clip)
             critic_opt.step()  # counted by Lightning; without gradients (a skipped step) it changes nothing
-            critic_opt.zero_grad(set_to_none=True)
+            for opt in head_opts:
+                opt.optimizer.step()  # not counted: one counted step per iteration
+            for opt in (critic_opt, *head_opts):
+                opt.zero_grad(set_to_none=True)
             self.generator.requires_grad_(True)
             logs.update(step_logs)
         self.iteration += 1

@@ -70,16 +70,21 @@ class DiscriminatorHead(nn.Module):
 
     def forward(self, critic: nn.Module, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1) of noisy latents x (B, F, C, H, W) at σ (B,), via the critic's hidden states."""
+        return self.score(critic, x, sigma, context)[0]
+
+    def score(self, critic: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
+              context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, 1), the critic's velocity (B, F, C, H, W)) from one critic forward."""
         features: dict[int, torch.Tensor] = {}
         blocks = critic.transformer.blocks
         hooks = [blocks[layer].register_forward_hook(
             lambda module, args, output, layer=layer: features.__setitem__(layer, output))
             for layer in self.feature_layers]
         try:
-            critic(x, sigma, context)  # the velocity is not used; the hooks keep the features
+            velocity = critic(x, sigma, context)
         finally:
             for hook in hooks:
                 hook.remove()
         registers = self.register_norm(self.registers)  # (R, 1, D)
         pooled = [pool(registers[r], features[layer]) for r, (pool, layer) in enumerate(zip(self.pools, self.feature_layers))]
-        return self.logit(torch.cat(pooled, dim=-1))  # (B, 1)
+        return self.logit(torch.cat(pooled, dim=-1)), velocity  # (B, 1), (B, F, C, H, W)

@@ -87,5 +87,9 @@ class Objective(nn.Module):
         """Problems with the training data (the train split's index, None for plain dataloaders)."""
         return []
 
+    def optimizer_settings(self) -> dict | None:
+        """AdamW settings ({'lr', 'betas'}) for this objective's own parameters, or None: they train with the critic."""
+        return None
+
     def configure(self, critic) -> None:
         """Build parameters that depend on the critic's shapes (called once the roles exist)."""

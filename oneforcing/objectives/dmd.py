@@ -44,7 +44,7 @@ def dmd_surrogate_loss(x: torch.Tensor, grad: torch.Tensor, frame_mask: torch.Te
     return 0.5 * selected.mean()
 
 
-def critic_flow_loss(ctx: StepContext, shift: float, min_timestep: float, max_timestep: float) -> Losses:
+def critic_flow_loss(ctx: StepContext, shift: float, min_timestep: float = 20.0, max_timestep: float = 980.0) -> Losses:
     """The fake score tracks the generator: flow matching on a fresh no-grad roll-out (notes §4.2)."""
     x = ctx.rollout(grad=False).latents.detach()
     sigma = sample_score_sigma(x.shape[0], ctx.rng, shift, min_timestep, max_timestep).to(x.device)

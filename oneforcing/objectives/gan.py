@@ -12,6 +12,13 @@ discriminator head on the critic's features and softplus(z) = log(1 + e^z):
 σ is drawn like the critic's (U{0..999}/1000, critic shift, clamp [0.02, 0.98]), separately from DMD's.
 The module multiplies both sides by ``weight`` (0.03 in the paper: gan_g_weight = gan_d_weight); the R1/R2
 weights are the paper's absolute ones, so they are divided by ``weight`` here to come out unscaled.
+
+Cost options (not in the reference; both off by default, measured in benchmarks/distillation_recipes.py):
+    shared_flow_pass:  the critic's flow-matching loss L_flow = mean (v(x_fake,σ) - (ε - x_fake))² is read
+                       from the fake half of the same 2B pass (one 2B forward instead of B + 2B), so the flow
+                       loss uses the discriminator's σ and ε instead of its own draw (same distribution).
+    discriminator_update_every: L_D (and R1/R2) only on every k-th critic step, like the reference's
+                       separate-discriminator schedule (one D slot per generator_update_every iterations).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from oneforcing.models.discriminator import DiscriminatorHead
-from oneforcing.models.flow_matching import add_noise
+from oneforcing.models.flow_matching import add_noise, velocity_target
 from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.dmd import DMD, critic_flow_loss
 from oneforcing.objectives.timesteps import sample_score_sigma
 
 
@@ -52,6 +60,11 @@ class GAN(Objective):
         r2_weight, r2_sigma: finite-difference R2 on fake data (0 disables).
         critic_timestep_shift: shift of the σ draw.
         real_source: 'data' (the batch's ground-truth latents) or 'ode' (the teacher's ODE outputs).
+        head_lr, head_betas: give the head its own AdamW at this learning rate (None: the head trains with the
+            critic's optimizer, the reference default).
+        shared_flow_pass: also compute the critic's flow-matching loss (weight 1) from the discriminator's
+            2B pass; set DMD's ``train_critic: false`` so that it is not counted twice.
+        discriminator_update_every: the discriminator loss on every k-th critic step only (1: every step).
     """
 
     roles = ("generator", "critic")
@@ -60,19 +73,27 @@ class GAN(Objective):
                  head_ffn_dim: int = 256, head_num_heads: int = 4, relativistic: bool = False,
                  r1_weight: float = 0.0, r1_sigma: float = 0.1, r1_kind: Literal["apt", "divided"] = "apt",
                  r2_weight: float = 0.0, r2_sigma: float = 0.01, critic_timestep_shift: float = 5.0,
-                 real_source: Literal["data", "ode"] = "data") -> None:
+                 real_source: Literal["data", "ode"] = "data", head_lr: float | None = None,
+                 head_betas: tuple[float, float] = (0.0, 0.999), shared_flow_pass: bool = False,
+                 discriminator_update_every: int = 1) -> None:
         super().__init__(weight)
         if weight <= 0:
             raise ValueError(f"GAN weight={weight} must be > 0 (remove the objective to disable it).")
         if num_registers != len(feature_layers):
             raise ValueError(f"GAN: {num_registers} registers for {len(feature_layers)} feature layers "
                              f"{list(feature_layers)}; set num_registers: {len(feature_layers)}.")
+        if discriminator_update_every < 1:
+            raise ValueError(f"GAN discriminator_update_every={discriminator_update_every} must be >= 1.")
+        if head_lr is not None and head_lr <= 0:
+            raise ValueError(f"GAN head_lr={head_lr} must be > 0 (or null: the critic's optimizer).")
         self.feature_layers, self.num_registers = list(feature_layers), num_registers
         self.head_ffn_dim, self.head_num_heads = head_ffn_dim, head_num_heads
         self.relativistic = relativistic
         self.r1_weight, self.r1_sigma, self.r1_kind = r1_weight, r1_sigma, r1_kind
         self.r2_weight, self.r2_sigma = r2_weight, r2_sigma
         self.critic_timestep_shift, self.real_source = critic_timestep_shift, real_source
+        self.head_lr, self.head_betas = head_lr, tuple(head_betas)
+        self.shared_flow_pass, self.discriminator_update_every = shared_flow_pass, discriminator_update_every
         self.head: DiscriminatorHead | None = None
 
     def configure(self, critic) -> None:
@@ -86,7 +107,14 @@ class GAN(Objective):
         num_layers = module.backbone_config.num_layers
         problems = [f"GAN feature layer {layer} does not exist in the critic ({num_layers} blocks: 0..{num_layers - 1})"
                     for layer in self.feature_layers if not 0 <= layer < num_layers]
+        if self.shared_flow_pass and any(isinstance(o, DMD) and o.train_critic for o in module.objectives):
+            problems.append("GAN(shared_flow_pass=true) computes the critic's flow loss itself, and DMD trains it too; "
+                            "set DMD's train_critic: false (or shared_flow_pass: false)")
         return problems
+
+    def optimizer_settings(self) -> dict | None:
+        """The head's own AdamW settings, or None when it trains with the critic's optimizer."""
+        return None if self.head_lr is None else {"lr": self.head_lr, "betas": self.head_betas}
 
     def check_data(self, index: dict | None) -> list[str]:
         """Before training: the real samples this objective needs must be in the data."""
@@ -105,8 +133,14 @@ class GAN(Objective):
                            f"({'ode_output' if self.real_source == 'ode' else 'pixels or latents'}).")
         return real
 
+    def scores(self, ctx: StepContext, x: torch.Tensor, sigma: torch.Tensor,
+               context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B,), the critic's velocity (B, F, C, H, W)) from one critic pass."""
+        logits, velocity = self.head.score(ctx.models["critic"], x, sigma, context)
+        return logits.float().squeeze(-1), velocity
+
     def logits(self, ctx: StepContext, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.head(ctx.models["critic"], x, sigma, context).float().squeeze(-1)  # (B,)
+        return self.scores(ctx, x, sigma, context)[0]  # (B,)
 
     def generator_loss(self, ctx: StepContext) -> Losses:
         fake = ctx.rollout(grad=True).latents
@@ -126,6 +160,12 @@ class GAN(Objective):
 
     def critic_loss(self, ctx: StepContext) -> Losses:
         fake = ctx.rollout(grad=False).latents.detach()
+        discriminator_due = ctx.iteration % self.discriminator_update_every == 0
+        if not discriminator_due:
+            if not self.shared_flow_pass:
+                return torch.zeros((), device=fake.device), {}
+            flow, logs = critic_flow_loss(ctx, self.critic_timestep_shift)
+            return flow / self.weight, logs
         real = self.real_latents(ctx).to(fake)
         if real.shape != fake.shape:
             raise ValueError(f"GAN real latents {tuple(real.shape)} and generated {tuple(fake.shape)} differ; "
@@ -134,24 +174,29 @@ class GAN(Objective):
         sigma = sample_score_sigma(B, ctx.rng, self.critic_timestep_shift).to(fake.device)
         noise = ctx.randn_like(fake)  # one ε for both halves
         fake_sigma, real_sigma = add_noise(fake, noise, sigma), add_noise(real, noise, sigma)
-        both = self.logits(ctx, torch.cat([fake_sigma, real_sigma]), sigma.repeat(2), ctx.context.repeat(2, 1, 1))
-        d_fake, d_real = both.chunk(2)
+        logits, velocity = self.scores(ctx, torch.cat([fake_sigma, real_sigma]), sigma.repeat(2),
+                                       ctx.context.repeat(2, 1, 1))  # (2B,), (2B, F, C, H, W)
+        d_fake, d_real = logits.chunk(2)
         if self.relativistic:
             loss_d = F.softplus(-(d_real - d_fake)).mean()
         else:
             loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         logs = {"gan_d_loss": loss_d.detach(), "gan_real_logit": d_real.mean().detach(),
                 "gan_fake_logit": d_fake.mean().detach(), "gan_sigma": sigma.mean()}
-        regularisers = torch.zeros((), device=fake.device)
+        absolute = torch.zeros((), device=fake.device)  # losses not scaled by the GAN weight
+        if self.shared_flow_pass:
+            flow = (velocity[:B].float() - velocity_target(fake, noise).float()).square().mean()
+            absolute = absolute + flow
+            logs.update(critic_flow_loss=flow.detach(), critic_sigma=sigma.mean())
         if self.r1_weight > 0:
             perturbed = self.logits(ctx, real_sigma + self.r1_sigma * ctx.randn_like(real_sigma), sigma, ctx.context)
             r1 = self.r1_weight * r1_penalty(d_real, perturbed, self.r1_sigma, self.r1_kind)
-            regularisers = regularisers + r1
+            absolute = absolute + r1
             logs["gan_r1"] = r1.detach()
         if self.r2_weight > 0:
             perturbed = self.logits(ctx, fake_sigma + self.r2_sigma * ctx.randn_like(fake_sigma), sigma, ctx.context)
             r2 = self.r2_weight * r2_penalty(d_fake, perturbed, self.r2_sigma)
-            regularisers = regularisers + r2
+            absolute = absolute + r2
             logs["gan_r2"] = r2.detach()
-        # the module multiplies by `weight`; the R1/R2 weights are absolute, so divide them back out
-        return loss_d + regularisers / self.weight, logs
+        # the module multiplies by `weight`; flow, R1 and R2 weights are absolute, so divide them back out
+        return loss_d + absolute / self.weight, logs
