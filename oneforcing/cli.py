@@ -1,7 +1,8 @@
 """The ``oneforcing`` console script.
 
 ``fit | validate | test | predict`` come from LightningCLI (YAML configs, ``--print_config``, dotted
-overrides, the config saved next to the logs). The other commands (``data``, ``sample``) follow the
+overrides, the config saved next to the logs). The other commands (``data``, ``sample``, ``evaluate``,
+``compare``, ``vbench``) follow the
 same conventions through jsonargparse parsers: ``--config`` YAML, ``--help``.
 """
 
@@ -31,10 +32,14 @@ class OneForcingCLI(LightningCLI):
 
 
 def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
+    from oneforcing.commands.compare import compare_command
     from oneforcing.commands.data import data_command
+    from oneforcing.commands.evaluate import evaluate_command
     from oneforcing.commands.sample import sample_command
+    from oneforcing.commands.vbench import vbench_command
 
-    return {"data": data_command, "sample": sample_command}
+    return {"data": data_command, "sample": sample_command, "evaluate": evaluate_command, "compare": compare_command,
+            "vbench": vbench_command}
 
 
 OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
@@ -43,6 +48,9 @@ commands:
   fit | validate | test | predict   Lightning training/evaluation from a YAML config (oneforcing fit --help)
   data toy                          write the built-in toy world as webdataset shards
   sample                            videos (GIF/MP4) from a trained checkpoint and prompts
+  evaluate                          toy-world metrics of one checkpoint or run (JSON + markdown)
+  compare                           evaluations of several methods/seeds -> table, plots, GIF grid
+  vbench                            a prompt file -> {prompt}-{index}.mp4 videos for VBench
 """
 
 

@@ -81,3 +81,20 @@ def test_bare_weight_file_is_rejected_with_a_reason(tmp_path):
         load_trained_module(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_trained_module(tmp_path / "none.ckpt")
+
+
+def test_learning_rate_warms_up_holds_then_follows_a_cosine_to_the_floor():
+    import math
+
+    import lightning as L
+
+    from oneforcing.lightning_modules.teacher import TeacherModule
+
+    module = TeacherModule(warmup_steps=10, decay_start_step=100, final_lr_fraction=0.1)
+    module.trainer = L.Trainer(max_steps=300, logger=False, enable_checkpointing=False)
+    factor = module._lr_factor
+    assert factor(0) == pytest.approx(0.1) and factor(9) == 1.0 and factor(100) == 1.0
+    assert factor(200) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(300) == pytest.approx(0.1) and factor(400) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="final_lr_fraction"):
+        TeacherModule(final_lr_fraction=1.5)

@@ -43,8 +43,9 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
             raise ValueError(f"{path} is not a Lightning checkpoint of a oneforcing module (no state_dict/hyper_parameters).")
-        name = checkpoint.get("oneforcing_module", "TeacherModule")
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
+        recorded = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]  # LightningCLI records the class
+        name = checkpoint.get("oneforcing_module") or recorded or "TeacherModule"
     if name not in MODULE_CLASSES or (expected and name not in expected):
         raise ValueError(f"{path} holds a {name}; this command needs one of {list(expected or MODULE_CLASSES)}.")
     # LightningCLI records how it built the module ("_class_path", "_instantiator"); they are not arguments
