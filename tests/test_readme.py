@@ -10,8 +10,11 @@ import pytest
 from conftest import REPO_ROOT
 
 from oneforcing.cli import OneForcingCLI
+from oneforcing.commands import compare, evaluate, vbench
 from oneforcing.commands import data as data_command
 from oneforcing.commands import sample as sample_command
+
+PARSERS = {"data": data_command, "sample": sample_command, "evaluate": evaluate, "compare": compare, "vbench": vbench}
 
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
@@ -27,7 +30,7 @@ def test_readme_opens_with_the_two_setup_commands():
 
 def test_readme_has_commands_for_each_entry_point():
     kinds = {shlex.split(c)[1] for c in COMMANDS}
-    assert {"data", "fit", "sample"} <= kinds, COMMANDS
+    assert {"data", "fit", "sample", "evaluate", "compare", "vbench"} <= kinds, COMMANDS
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -35,10 +38,8 @@ def test_readme_command_parses(command, monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setattr(sys, "argv", ["oneforcing"])
     args = shlex.split(command)[1:]
-    if args[0] == "data":
-        data_command.build_parser().parse_args(args[1:])
-    elif args[0] == "sample":
-        sample_command.build_parser().parse_args(args[1:])
+    if args[0] in PARSERS:
+        PARSERS[args[0]].build_parser().parse_args(args[1:])
     elif args[0] == "fit":
         extra = [] if "--print_config" in args else ["--print_config"]
         with pytest.raises(SystemExit) as exit_:  # print_config exits after a full parse and validation

@@ -22,10 +22,13 @@ from safetensors import safe_open
 from oneforcing.video_io import atomic_write_bytes, gif_bytes, video_grid
 
 
+HIDDEN = {"kid_std", "attr_videos"}  # bookkeeping, not metrics: left out of the table and the plots
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="oneforcing compare", description="Compare evaluated runs across methods and seeds.")
     p.add_argument("--config", action=ActionConfigFile)
-    p.add_argument("evaluations", type=list[str], nargs="+",
+    p.add_argument("evaluations", type=str, nargs="+",
                    help="`oneforcing evaluate` output directories, or folders that hold them")
     p.add_argument("--out", type=str, required=True)
     p.add_argument("--metrics", type=list[str] | None, default=None, help="table columns (default: all)")
@@ -65,7 +68,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def table(groups: dict[str, list[dict]], metrics: list[str] | None) -> str:
     columns = metrics or list(dict.fromkeys(k for runs in groups.values() for r in runs for k, v in r["metrics"].items()
-                                            if isinstance(v, (int, float)) or v is None))
+                                            if (isinstance(v, (int, float)) or v is None) and k not in HIDDEN))
     header = "| method | steps | seeds | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (3 + len(columns))]
     for label, runs in groups.items():
@@ -85,7 +88,7 @@ def plot_against_steps(groups: dict[str, list[dict]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    names = sorted({k for runs in groups.values() for r in runs for s in r["sweep"].values() for k in s})
+    names = sorted({k for runs in groups.values() for r in runs for s in r["sweep"].values() for k in s} - HIDDEN)
     for name in names:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, runs in groups.items():
