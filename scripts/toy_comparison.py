@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+ONEFORCING = [sys.executable, "-m", "oneforcing.cli"]  # the console script of this interpreter's environment
 FIRST_BLOCK_4STEP = ["--model.init_args.first_block_steps", "[1000, 750, 500, 250]"]
 STUDENTS: dict[str, tuple[str, list[str]]] = {
     "sf_dmd_4step": ("configs/toy/self_forcing_dmd_4step.yaml", []),
@@ -43,7 +44,7 @@ def run(cmd: list[str], log: Path) -> None:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
     if code != 0:
         tail = log.read_text()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {code}); see {log}:\n{tail}")
+        raise RuntimeError(f"{' '.join(cmd[2:6])} ... failed (exit {code}); see {log}:\n{tail}")
     print(f"  done in {time.time() - start:5.0f} s: {log.stem}", flush=True)
 
 
@@ -52,7 +53,7 @@ def fit(config: str, name: str, seed: int, out: Path, iterations: int, extra: li
     weights = out / name / "version_0" / "weights.safetensors"
     if weights.is_file():
         return weights  # already trained (the study resumes where it stopped)
-    run(["oneforcing", "fit", "--config", config, "--seed_everything", str(seed), "--model.init_args.seed", str(seed),
+    run([*ONEFORCING, "fit", "--config", config, "--seed_everything", str(seed), "--model.init_args.seed", str(seed),
          "--trainer.max_steps", str(iterations), "--trainer.val_check_interval", str(iterations),
          "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", name,
          "--trainer.logger.init_args.version", "0", *extra], out / "logs" / f"{name}.log")
@@ -84,7 +85,7 @@ def main() -> None:
     print("== teacher ODE trajectories", flush=True)
     for split, count in (("train", args.trajectories), ("val", 8)):
         if not (out / "ode" / split / "index.json").is_file():
-            run(["oneforcing", "data", "trajectories", "--teacher", args.teacher, "--source", f"{args.data}/{split}",
+            run([*ONEFORCING, "data", "trajectories", "--teacher", args.teacher, "--source", f"{args.data}/{split}",
                  "--out", str(out / "ode" / split), "--num-videos", str(count), "--steps", "48", "--shift", "5",
                  "--guidance-scale", "4"], out / "logs" / f"trajectories_{split}.log")
 
@@ -113,14 +114,14 @@ def main() -> None:
             target = out / "eval" / f"{method}_seed{seed}"
             if not (target / "metrics.json").is_file():
                 sweep = "[12, 24, 48]" if method == "teacher" else "[1, 2, 4]"
-                run(["oneforcing", "evaluate", "--checkpoint", str(weights), "--label", method, "--seed", str(seed),
+                run([*ONEFORCING, "evaluate", "--checkpoint", str(weights), "--label", method, "--seed", str(seed),
                      "--num-videos", str(args.eval_videos), "--steps-sweep", sweep, "--out", str(target)],
                     out / "logs" / f"eval_{method}_seed{seed}.log")
             return target
 
         targets = list(pool.map(evaluate, evaluations))
     print("== report", flush=True)
-    run(["oneforcing", "compare", *map(str, targets), "--out", str(out / "report")], out / "logs" / "compare.log")
+    run([*ONEFORCING, "compare", *map(str, targets), "--out", str(out / "report")], out / "logs" / "compare.log")
     print(f"Report: {out / 'report' / 'report.md'}")
 
 

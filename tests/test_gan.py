@@ -40,6 +40,9 @@ def test_bad_head_configs_fail_clearly():
         DistillationModule([DMD(), GAN(feature_layers=[7], num_registers=1)], backbone=TINY, teacher_weights="t")
     assert "trajectory shards" in GAN(real_source="ode").check_data({"world": "toy"})[0]
     assert GAN(real_source="ode").check_data({"kind": "trajectories"}) == []
+    prompts_only = {"world": "prompts", "members": ["caption.txt", "attributes.json"]}
+    assert "relativistic GAN(real_source='data') needs real videos" in GAN(relativistic=True).check_data(prompts_only)[0]
+    assert GAN().check_data({"members": ["caption.txt", "pixels.safetensors"]}) == []
 
 
 def test_r1_r2_equal_their_finite_difference_formulas_on_a_toy_discriminator():

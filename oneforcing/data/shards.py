@@ -61,11 +61,14 @@ def write_shards(
     for stale in out.glob("shard-*.tar"):
         stale.unlink()
     counts: dict[str, int] = {}
+    members: set[str] = set()
     with wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=samples_per_shard, mtime=FIXED_MTIME, verbose=0) as sink:
         for sample in samples:
             sink.write(sample)
+            members.update(k for k in sample if not k.startswith("__"))
             counts[Path(sink.fname).name] = counts.get(Path(sink.fname).name, 0) + 1
-    index = {"shards": [{"name": n, "count": c} for n, c in sorted(counts.items())], "total": sum(counts.values())}
+    index = {"shards": [{"name": n, "count": c} for n, c in sorted(counts.items())], "total": sum(counts.values()),
+             "members": sorted(members)}  # what the samples carry: objectives check their inputs before training
     index.update(meta or {})
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
     return index

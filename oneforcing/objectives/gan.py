@@ -120,6 +120,12 @@ class GAN(Objective):
         """Before training: the real samples this objective needs must be in the data."""
         if index is None:
             return []
+        members = index.get("members")  # recorded by `oneforcing data` since the evaluation release
+        if self.real_source == "data" and members is not None and not any(
+                m.split(".")[0] in ("pixels", "latents") for m in members):
+            what = "relativistic GAN" if self.relativistic else "GAN"
+            return [f"{what}(real_source='data') needs real videos, but the training samples carry only "
+                    f"{members}; train on shards with pixels or latents (e.g. `oneforcing data toy`)"]
         if self.real_source == "ode" and index.get("kind") != "trajectories":
             return ["GAN(real_source='ode') needs trajectory shards (with ode_output); the train split holds "
                     f"{index.get('kind', index.get('world', 'videos'))} data. Use real_source: data, or train on "
