@@ -33,7 +33,7 @@ class TeacherModule(L.LightningModule):
         init_weights: optional safetensors/diffusers weights to start from (fine-tuning).
         lr, betas, weight_decay: AdamW; ``warmup_steps`` of linear warm-up, then constant.
         decay_start_step: if set, the learning rate follows a cosine from ``lr`` at this step down to
-            ``final_lr_fraction * lr`` at ``trainer.max_steps`` (annealing sharpens samples markedly).
+            ``final_lr_fraction * lr`` at ``trainer.max_steps`` (a run shorter than this never decays).
         caption_dropout: probability of training on the empty prompt (needed for CFG).
         train_shift: shift applied to the logit-normal σ draw during training.
         sample_steps, sample_shift, guidance_scale: the Euler sampler (w in uncond + w·(cond − uncond)).
@@ -140,10 +140,10 @@ class TeacherModule(L.LightningModule):
             self.model.parameters(), lr=self.hparams.lr, betas=self.hparams.betas, weight_decay=self.hparams.weight_decay
         )
         start = self.hparams.decay_start_step
-        if start is not None and not 0 <= start < self.trainer.max_steps:
+        if start is not None and (start < 0 or self.trainer.max_steps < 0):
             raise ValueError(
-                f"decay_start_step={start} needs 0 <= decay_start_step < trainer.max_steps "
-                f"(= {self.trainer.max_steps}); set trainer.max_steps, or decay_start_step: null for a constant rate"
+                f"decay_start_step={start} needs a step >= 0 and trainer.max_steps (now {self.trainer.max_steps}) "
+                "for the cosine's end; set trainer.max_steps, or decay_start_step: null for a constant rate"
             )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
