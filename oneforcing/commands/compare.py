@@ -102,13 +102,19 @@ def plot_against_steps(groups: dict[str, list[dict]], out: Path) -> list[Path]:
             continue
         ax.set_xscale("log", base=2)
         ax.set(xlabel="sampling steps", ylabel=name, title=f"{name} against steps")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"steps_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, out / f"steps_{name}.png"))
     return written
+
+
+def _save(fig, ax, path: Path) -> Path:
+    """Legend, tight layout, PNG, close."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_against_frames(groups: dict[str, list[dict]], out: Path) -> list[Path]:
@@ -129,12 +135,7 @@ def plot_against_frames(groups: dict[str, list[dict]], out: Path) -> list[Path]:
             mean = torch.tensor([c[:length] for c in curves], dtype=torch.float64).mean(0)
             ax.plot(range(length), mean.tolist(), label=label)
         ax.set(xlabel="frame index", ylabel=name, title=f"{name} against frame index")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"frames_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, out / f"frames_{name}.png"))
     return written
 
 
