@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_BACKBONE, TINY_FRAMES, TINY_SIZE
 from safetensors.torch import load_file, save
 
-from oneforcing.callbacks.export import export_weights
+from oneforcing.callbacks.export import ExportWeights, export_weights
 from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.video_io import atomic_write_bytes
@@ -60,6 +60,18 @@ def test_exported_weights_load_back_for_sampling(tmp_path):
     for name, tensor in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     assert torch.equal(loaded.generate(["a red circle"], seed=0), module.eval().generate(["a red circle"], seed=0))
+
+
+def test_half_precision_export_stores_float16_and_loads_back_as_float32(tmp_path):
+    module = tiny_teacher()
+    path = export_weights(module, tmp_path / "half.safetensors", dtype="float16")
+    assert {t.dtype for t in load_file(path).values()} == {torch.float16}
+    loaded = load_trained_module(path)
+    for name, tensor in module.state_dict().items():
+        assert loaded.state_dict()[name].dtype == torch.float32, name
+        assert torch.equal(loaded.state_dict()[name], tensor.half().float()), name
+    with pytest.raises(ValueError, match="float64.*not supported"):
+        ExportWeights(dtype="float64")
 
 
 def test_weights_exported_from_a_cli_run_load_back(tmp_path):

@@ -4,33 +4,58 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, get_args
 
 import lightning as L
+import torch
 from safetensors.torch import save
 
 from oneforcing.video_io import atomic_write_bytes
 
+ExportDtype = Literal["float32", "float16", "bfloat16"]
 
-def export_weights(module: L.LightningModule, path: str | Path) -> Path:
-    """Save ``module``'s state dict to ``path`` (safetensors) with metadata to rebuild it."""
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+def export_weights(module: L.LightningModule, path: str | Path, dtype: ExportDtype | None = None) -> Path:
+    """Save ``module``'s state dict to ``path`` (safetensors) with metadata to rebuild it.
+
+    ``dtype`` casts floating-point tensors (e.g. ``"float16"`` halves a shipped file); loading casts them back
+    to the module's own dtype. Integer buffers keep theirs.
+    """
+    target = None if dtype is None else _torch_dtype(dtype)
+    state = {}
+    for key, value in module.state_dict().items():
+        value = value.detach()
+        if target is not None and value.is_floating_point():
+            value = value.to(target)
+        state[key] = value.contiguous().cpu()
     meta = {"module": type(module).__name__, "hparams": json.dumps(dict(module.hparams))}
     atomic_write_bytes(path, save(state, metadata=meta))
     return Path(path)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    allowed = get_args(ExportDtype)
+    if name not in allowed:
+        raise ValueError(f"Export dtype {name!r} is not supported; use one of {allowed} (or null to keep the module's).")
+    return getattr(torch, name)
 
 
 class ExportWeights(L.Callback):
     """At the end of fit, export weights to ``path`` (default ``<log_dir>/weights.safetensors``).
 
     List it *after* ``EMAWeightAveraging`` in the callbacks so that the exported weights are the EMA ones.
+    ``dtype`` casts the floating-point weights on export (``float16`` for the shipped toy teacher).
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, dtype: ExportDtype | None = None) -> None:
+        if dtype is not None:
+            _torch_dtype(dtype)  # fail at config time, not after hours of training
         self.path = path
+        self.dtype = dtype
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
         if trainer.is_global_zero:
             path = Path(self.path or Path(log_dir or ".") / "weights.safetensors")
-            export_weights(pl_module, path)
+            export_weights(pl_module, path, dtype=self.dtype)
             print(f"[oneforcing] weights written to {path}")
