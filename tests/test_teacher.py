@@ -110,3 +110,13 @@ def test_learning_rate_warms_up_holds_then_follows_a_cosine_to_the_floor():
     assert factor(300) == pytest.approx(0.1) and factor(400) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="final_lr_fraction"):
         TeacherModule(final_lr_fraction=1.5)
+
+
+def test_optimizer_builds_without_a_trainer_when_there_is_no_decay():
+    """Benchmarks and custom loops call configure_optimizers on a bare module: only the cosine decay (which
+    ends at trainer.max_steps) needs a Trainer; warm-up and the constant phase must not ask for one."""
+    module = TeacherModule(warmup_steps=4)
+    module.configure_model()
+    schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert schedule.get_last_lr()[0] == pytest.approx(module.hparams.lr / 4)
+    assert module._lr_factor(3) == 1.0 and module._lr_factor(10_000) == 1.0

@@ -151,8 +151,9 @@ class TeacherModule(L.LightningModule):
     def _lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at optimizer step ``step``: linear warm-up, constant, optional cosine decay."""
         factor = min(1.0, (step + 1) / max(self.hparams.warmup_steps, 1))
-        start, end = self.hparams.decay_start_step, self.trainer.max_steps
-        if start is not None and step > start:
+        start = self.hparams.decay_start_step
+        if start is not None and step > start:  # the Trainer (for max_steps) is needed only once decaying
+            end = self.trainer.max_steps
             progress = min(1.0, (step - start) / max(end - start, 1))
             floor = self.hparams.final_lr_fraction
             factor *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
