@@ -8,7 +8,7 @@ Side by side, in samples per second:
       32, ffn 512, 12 latent channels, text dim 46): encode pixels, flow-matching forward and backward,
       gradient clipping at 1.0, AdamW step, on batches of 8 from the same loader; ``--warmup-steps``
       untimed, then ``--steps`` timed; once per ``--precisions`` entry (``32-true``; ``bf16-mixed`` is the
-      teacher config's: the forward under ``torch.autocast("cpu", bfloat16)``, as Lightning runs it).
+      teacher config's: the forward inside Lightning's own ``MixedPrecision`` plugin context).
 The loader must be at least 10× faster than training consumes, so that data never stalls a step. The
 machine may be shared (a training may be running), so absolute figures move; the ratio is what matters.
 Both sides run with the same ``--threads``.
@@ -24,6 +24,7 @@ import itertools
 import time
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from oneforcing.data.datamodule import ShardDataModule
 from oneforcing.lightning_modules.teacher import TeacherModule
@@ -69,7 +70,7 @@ def loader_throughput(root: str, batch_size: int, num_workers: int, batches: int
 
 def training_throughput(batches: list[dict], warmup: int, steps: int, precision: str = "32-true") -> float:
     """Samples/s of teacher training steps (the loss of ``TeacherModule.training_step``, without logging)."""
-    autocast = precision == "bf16-mixed"
+    plugin = MixedPrecision(precision, "cpu") if precision == "bf16-mixed" else Precision()  # Lightning's own
     module = TeacherModule(backbone=TOY_BACKBONE)
     module.configure_model()
     module.train()
@@ -81,7 +82,7 @@ def training_throughput(batches: list[dict], warmup: int, steps: int, precision:
         context = module.encode_prompts(batch["caption"])
         B = x0.shape[0]
         sigma = shift_sigma(torch.sigmoid(torch.randn(B, generator=generator)), module.hparams.train_shift)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with plugin.forward_context():
             loss = module.flow_matching_loss(x0, context, sigma, torch.randn(x0.shape, generator=generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,28 +105,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine may be shared (another training may be running): absolute figures vary, "
           f"the ratio is what matters. torch threads: {torch.get_num_threads()}.\n")
 
-    rows = []
+    loader_rows, train_rows = [], []
     for workers in args.workers:
         rate, skipped = loader_throughput(args.data, args.batch_size, workers, args.batches)
         note = f"{args.batches} batches" + (f", {skipped} corrupt samples skipped" if skipped else "")
-        rows.append((f"data loader, num_workers={workers}", rate, note))
+        loader_rows.append((f"data loader, num_workers={workers}", rate, note))
 
     data = ShardDataModule(root=args.data, batch_size=args.batch_size, num_workers=0)
     data.setup("fit")
     batches = list(itertools.islice(iter(data.train_dataloader()), 4))
-    loaders = len(rows)
     for precision in args.precisions:
         torch.manual_seed(0)
         rate = training_throughput(batches, args.warmup_steps, args.steps, precision)
-        rows.append((f"teacher training step (fwd + bwd + AdamW), {precision}", rate,
+        train_rows.append((f"teacher training step (fwd + bwd + AdamW), {precision}", rate,
                      f"{args.steps} steps after {args.warmup_steps} warm-up"))
-    train = max(rate for _, rate, _ in rows[loaders:])  # the fastest consumer is the one the loader must feed
+    train = max(rate for _, rate, _ in train_rows)  # the fastest consumer is the one the loader must feed
 
     print(f"| stage (batch {args.batch_size}) | samples/s | ms per batch | × training | note |")
     print("|---|---|---|---|---|")
-    for name, rate, note in rows:
+    for name, rate, note in loader_rows + train_rows:
         print(f"| {name} | {rate:.1f} | {1000 * args.batch_size / rate:.1f} | {rate / train:.1f} | {note} |")
-    slowest = min(rate for _, rate, _ in rows[:loaders])
+    slowest = min(rate for _, rate, _ in loader_rows)
     verdict = "OK" if slowest >= REQUIRED_RATIO * train else "TOO SLOW"
     ratio = slowest / train
     print(f"\nSlowest loader / fastest training = {ratio:.1f}× (required ≥ {REQUIRED_RATIO:.0f}×): {verdict}.")
