@@ -13,7 +13,7 @@ caption matches each prompt, then render those indices at full length (and check
 About 400 indices per distinct caption are scanned on average (384 one-object captions).
 
     python benchmarks/teacher_attributes.py --checkpoint runs/toy_teacher/version_0/weights.safetensors \\
-        [--num-prompts 64] [--steps 48] [--guidance-scale 4] [--batch-size 16] [--device cpu] \\
+        [--num-prompts 64] [--steps 48] [--guidance-scale 4] [--sample-shift 5] [--batch-size 16] [--device cpu] \\
         [--out runs/teacher_attributes]
 
 Writes ``OUT/attributes.md`` (the table), ``OUT/attributes.json`` and ``OUT/generated_vs_real.gif`` (the
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1); "
                         "default: the module's")
+    p.add_argument("--sample-shift", type=float, default=None,
+                   help="shift of the Euler σ schedule; default: the module's")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="where to sample (cpu, cuda, ...)")
     p.add_argument("--out", default="runs/teacher_attributes",
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     generated = torch.cat([
         module.generate(captions[i: i + args.batch_size], seed=args.seed + i, num_steps=args.steps,
-                        guidance_scale=args.guidance_scale).float().cpu()
+                        guidance_scale=args.guidance_scale, shift=args.sample_shift).float().cpu()
         for i in range(0, len(captions), args.batch_size)
     ]).clamp(-1, 1)  # (N, F, 3, H, W)
     generate_s = time.perf_counter() - start
@@ -128,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = {"real": attribute_accuracy(real, captions), "generated": attribute_accuracy(generated, captions)}
     sharp = {"generated": sharpness(generated), "real": sharpness(real)}
     guidance = hp.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    shift = hp.sample_shift if args.sample_shift is None else args.sample_shift
     report = "\n".join([
         f"Prompt-attribute accuracy of `{args.checkpoint}` ({args.num_prompts} one-object prompts, "
-        f"seed {args.seed}; {args.steps} Euler steps, CFG w = {guidance}); "
+        f"seed {args.seed}; {args.steps} Euler steps, shift {shift}, CFG w = {guidance}); "
         f"real = one toy-world video per prompt (seed {args.real_seed}).",
         "",
         markdown_table(rows),
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "attributes.md").write_text(report + "\n")
     (out / "attributes.json").write_text(json.dumps(
-        dict(checkpoint=args.checkpoint, captions=captions, steps=args.steps, guidance_scale=guidance,
+        dict(checkpoint=args.checkpoint, captions=captions, steps=args.steps, guidance_scale=guidance, sample_shift=shift,
              accuracy=rows, sharpness=sharp, sharpness_ratio=sharp["generated"] / sharp["real"]), indent=2))
     shown = min(8, len(captions))
     grid = video_grid(torch.cat([generated[:shown], real[:shown]]), columns=shown)  # generated over real

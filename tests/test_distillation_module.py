@@ -143,3 +143,17 @@ def test_bad_configs_fail_before_training(teacher_file, tmp_path):
     module = make_module(str(wrong))
     with pytest.raises(ValueError, match="shape mismatches"):
         module.configure_model()
+
+
+def test_sample_command_refuses_the_euler_sampler_for_a_student(teacher_file, tmp_path):
+    """A causal student has no many-step Euler sampler: asking for one is an error, not a silent switch."""
+    from oneforcing.callbacks.export import export_weights
+    from oneforcing.commands.sample import sample_command
+
+    module = make_module(teacher_file)
+    module.configure_model()
+    path = export_weights(module, tmp_path / "student.safetensors")
+    with pytest.raises(ValueError, match="causal student.*--sampler streaming"):
+        sample_command(["--checkpoint", str(path), "--sampler", "euler", "--prompt", CAPTIONS[0],
+                        "--out", str(tmp_path / "samples")])
+    assert not (tmp_path / "samples").exists()

@@ -17,8 +17,8 @@ from oneforcing.video_io import atomic_write_bytes
 
 def tiny_teacher(**kwargs) -> TeacherModule:
     torch.manual_seed(0)
-    module = TeacherModule(backbone=dict(TINY_BACKBONE), sample_steps=3, num_frames=TINY_FRAMES,
-                           frame_size=TINY_SIZE, **kwargs)
+    kwargs.setdefault("sample_steps", 3)
+    module = TeacherModule(backbone=dict(TINY_BACKBONE), num_frames=TINY_FRAMES, frame_size=TINY_SIZE, **kwargs)
     module.configure_model()
     return module
 
@@ -50,6 +50,15 @@ def test_generate_is_deterministic_per_seed():
     assert torch.equal(a, module.generate(prompts, seed=3))
     assert not torch.equal(a, module.generate(prompts, seed=4))
     assert torch.allclose(a[1], module.generate(prompts[1:], seed=4)[0], atol=1e-5)  # prompt i uses seed + i
+
+
+def test_generate_overrides_equal_the_same_settings_in_the_config():
+    prompts = ["a large red circle moving left quickly"]
+    configured = tiny_teacher(sample_steps=4, sample_shift=2.0, guidance_scale=3.0).eval()
+    default = tiny_teacher().eval()  # same seed -> same weights; sampler 3 steps, shift 5, w = 4
+    overridden = default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0, shift=2.0)
+    assert torch.equal(overridden, configured.generate(prompts, seed=1))
+    assert not torch.equal(overridden, default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0))
 
 
 def test_exported_weights_load_back_for_sampling(tmp_path):

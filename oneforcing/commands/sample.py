@@ -49,7 +49,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--window", type=int | None, default=None, help="streaming: rolling attention window in frames")
     p.add_argument("--sink", type=int, default=0, help="streaming: sink frames kept in the rolling window")
     p.add_argument("--ema", type=bool, default=True, help="streaming: use the generator's EMA weights if present")
-    p.add_argument("--shift", type=float, default=5.0, help="streaming: shift of the warped step list")
+    p.add_argument("--shift", type=float | None, default=None,
+                   help="shift of the σ schedule (euler: default the module's sample_shift; streaming: of the "
+                        "warped step list, default 5)")
     return p
 
 
@@ -87,14 +89,19 @@ def sample_command(argv: list[str]) -> None:
     module = load_trained_module(cfg.checkpoint)
     for p in prompts:  # validate every prompt before sampling any
         module.encode_prompts([p])
-    use_streaming = cfg.sampler == "streaming" or (cfg.sampler == "auto" and hasattr(module, "generator_weights"))
+    is_student = hasattr(module, "generator_weights")
+    if cfg.sampler == "euler" and is_student:
+        raise ValueError(f"{cfg.checkpoint} holds a causal student, which has no many-step Euler sampler; "
+                         "use --sampler streaming (or auto).")
+    use_streaming = cfg.sampler == "streaming" or (cfg.sampler == "auto" and is_student)
     if use_streaming:
         trained = dict(module.hparams)  # a distilled student's own layout and schedule are the defaults
         block_size = cfg.block_size or trained.get("block_size", 1)
         first_block_size = cfg.first_block_size or trained.get("first_block_size")
         generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, cfg.ema)
-        steps = student_sigmas(cfg.steps, cfg.shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
-        first = (student_sigmas(cfg.first_block_steps, cfg.shift) if cfg.first_block_steps
+        shift = 5.0 if cfg.shift is None else cfg.shift
+        steps = student_sigmas(cfg.steps, shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
+        first = (student_sigmas(cfg.first_block_steps, shift) if cfg.first_block_steps
                  else getattr(module, "first_block_sigmas", None))
         sampler = StreamingSampler(generator, steps, first_block_sigmas=first)
         num_frames = cfg.num_frames or module.hparams.num_frames
@@ -107,7 +114,7 @@ def sample_command(argv: list[str]) -> None:
                 videos = streaming_videos(module, sampler, chunk, cfg.seed + start, num_frames)
             else:
                 videos = module.generate(chunk, seed=cfg.seed + start, num_steps=cfg.steps,
-                                         guidance_scale=cfg.guidance_scale)
+                                         guidance_scale=cfg.guidance_scale, shift=cfg.shift)
             for i, (prompt, video) in enumerate(zip(chunk, videos)):
                 written.append(write_video(out / f"{start + i:04d}_{slug(prompt)}.{cfg.format}", video))
     Console().print(f"[green]Wrote {len(written)} videos to {out}/ "

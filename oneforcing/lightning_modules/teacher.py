@@ -162,8 +162,11 @@ class TeacherModule(L.LightningModule):
     # --- sampling -------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,
-                 guidance_scale: float | None = None) -> torch.Tensor:
-        """Sample pixel videos (B, F, 3, H, W) in [-1, 1] with the Euler sampler and CFG; one seed per prompt."""
+                 guidance_scale: float | None = None, shift: float | None = None) -> torch.Tensor:
+        """Sample pixel videos (B, F, 3, H, W) in [-1, 1] with the Euler sampler and CFG; one seed per prompt.
+
+        ``num_steps``, ``guidance_scale`` and ``shift`` override the module's sampler settings for this call.
+        """
         hp = self.hparams
         context = self.encode_prompts(prompts)
         uncond = self.encode_prompts([""] * len(prompts))
@@ -172,7 +175,7 @@ class TeacherModule(L.LightningModule):
         noise = torch.stack([
             torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(len(prompts))
         ]).to(self.device)
-        sigmas = euler_sigmas(num_steps or hp.sample_steps, hp.sample_shift)
+        sigmas = euler_sigmas(num_steps or hp.sample_steps, hp.sample_shift if shift is None else shift)
         was_training = self.model.training
         self.model.eval()
         latents = euler_sample(self.model, noise, context, sigmas, uncond,
