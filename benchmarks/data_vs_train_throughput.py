@@ -28,7 +28,6 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from oneforcing.data.datamodule import ShardDataModule
 from oneforcing.lightning_modules.teacher import TeacherModule
-from oneforcing.models.flow_matching import shift_sigma
 
 TOY_BACKBONE = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512,
                     in_channels=12, out_channels=12, text_dim=46)  # configs/toy/teacher.yaml
@@ -81,7 +80,7 @@ def training_throughput(batches: list[dict], warmup: int, steps: int, precision:
         x0 = module.latents_of(batch)  # (B, F, 12, 16, 16)
         context = module.encode_prompts(batch["caption"])
         B = x0.shape[0]
-        sigma = shift_sigma(torch.sigmoid(torch.randn(B, generator=generator)), module.hparams.train_shift)
+        sigma = module.draw_sigma(B, generator)
         with plugin.forward_context():
             loss = module.flow_matching_loss(x0, context, sigma, torch.randn(x0.shape, generator=generator))
         optimizer.zero_grad(set_to_none=True)
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         rate = training_throughput(batches, args.warmup_steps, args.steps, precision)
         train_rows.append((f"teacher training step (fwd + bwd + AdamW), {precision}", rate,
-                     f"{args.steps} steps after {args.warmup_steps} warm-up"))
+                           f"{args.steps} steps after {args.warmup_steps} warm-up"))
     train = max(rate for _, rate, _ in train_rows)  # the fastest consumer is the one the loader must feed
 
     print(f"| stage (batch {args.batch_size}) | samples/s | ms per batch | × training | note |")

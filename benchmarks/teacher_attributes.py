@@ -119,18 +119,18 @@ def main(argv: list[str] | None = None) -> None:
     real = real_videos_for(captions, args.real_seed, hp.num_frames, hp.frame_size)
     real_s = time.perf_counter() - start
 
+    guidance = hp.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    shift = hp.sample_shift if args.sample_shift is None else args.sample_shift
     start = time.perf_counter()
     generated = torch.cat([
         module.generate(captions[i: i + args.batch_size], seed=args.seed + i, num_steps=args.steps,
-                        guidance_scale=args.guidance_scale, shift=args.sample_shift).float().cpu()
+                        guidance_scale=guidance, shift=shift).float().cpu()
         for i in range(0, len(captions), args.batch_size)
     ]).clamp(-1, 1)  # (N, F, 3, H, W)
     generate_s = time.perf_counter() - start
 
     rows = {"real": attribute_accuracy(real, captions), "generated": attribute_accuracy(generated, captions)}
     sharp = {"generated": sharpness(generated), "real": sharpness(real)}
-    guidance = hp.guidance_scale if args.guidance_scale is None else args.guidance_scale
-    shift = hp.sample_shift if args.sample_shift is None else args.sample_shift
     report = "\n".join([
         f"Prompt-attribute accuracy of `{args.checkpoint}` ({args.num_prompts} one-object prompts, "
         f"seed {args.seed}; {args.steps} Euler steps, shift {shift}, CFG w = {guidance}); "
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "attributes.md").write_text(report + "\n")
     (out / "attributes.json").write_text(json.dumps(
-        dict(checkpoint=args.checkpoint, captions=captions, steps=args.steps, guidance_scale=guidance, sample_shift=shift,
+        dict(checkpoint=args.checkpoint, captions=captions, steps=args.steps, guidance_scale=guidance,
+             sample_shift=shift,
              accuracy=rows, sharpness=sharp, sharpness_ratio=sharp["generated"] / sharp["real"]), indent=2))
     shown = min(8, len(captions))
     grid = video_grid(torch.cat([generated[:shown], real[:shown]]), columns=shown)  # generated over real

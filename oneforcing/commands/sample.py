@@ -16,7 +16,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
-from oneforcing.sampling.schedules import student_sigmas
+from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import write_video
 
@@ -99,7 +99,7 @@ def sample_command(argv: list[str]) -> None:
         block_size = cfg.block_size or trained.get("block_size", 1)
         first_block_size = cfg.first_block_size or trained.get("first_block_size")
         generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, cfg.ema)
-        shift = 5.0 if cfg.shift is None else cfg.shift
+        shift = STUDENT_SHIFT if cfg.shift is None else cfg.shift
         steps = student_sigmas(cfg.steps, shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
         first = (student_sigmas(cfg.first_block_steps, shift) if cfg.first_block_steps
                  else getattr(module, "first_block_sigmas", None))

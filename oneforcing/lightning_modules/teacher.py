@@ -97,6 +97,11 @@ class TeacherModule(L.LightningModule):
         return self.text_encoder(prompts).to(self.device)
 
     # --- training -------------------------------------------------------------------------------------
+    def draw_sigma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) training noise levels: σ = shift(sigmoid(n)), n ~ N(0, 1), shift = ``train_shift``."""
+        n = torch.randn(batch_size, generator=generator, device=self.device)
+        return shift_sigma(torch.sigmoid(n), self.hparams.train_shift)
+
     def flow_matching_loss(self, x0: torch.Tensor, context: torch.Tensor, sigma: torch.Tensor,
                            noise: torch.Tensor) -> torch.Tensor:
         """Mean over all elements of || v_θ(x_σ, σ, c) - (ε - x0) ||² (float32)."""
@@ -111,8 +116,7 @@ class TeacherModule(L.LightningModule):
             "" if torch.rand(()) < self.hparams.caption_dropout else caption for caption in batch["caption"]
         ]
         context = self.encode_prompts(captions)
-        sigma = shift_sigma(torch.sigmoid(torch.randn(B, device=self.device)), self.hparams.train_shift)
-        loss = self.flow_matching_loss(x0, context, sigma, torch.randn_like(x0))
+        loss = self.flow_matching_loss(x0, context, self.draw_sigma(B), torch.randn_like(x0))
         finite = self.nonfinite.is_finite(self, loss, "flow-matching")
         self.log("train/nonfinite_skipped", float(self.nonfinite.skipped), batch_size=B)
         if not finite:

@@ -8,6 +8,8 @@ import torch
 
 from oneforcing.models.flow_matching import euler_sigmas, validate_step_list, warped_step_sigmas
 
+STUDENT_SHIFT = 5.0  # the warped few-step list of the papers (design §6)
+
 
 def nominal_steps(num_steps: int) -> list[float]:
     """Evenly spaced nominal timesteps from 1000: 1 -> [1000], 2 -> [1000, 500], 4 -> [1000, 750, 500, 250]."""
@@ -16,7 +18,7 @@ def nominal_steps(num_steps: int) -> list[float]:
     return [1000.0 * (1 - i / num_steps) for i in range(num_steps)]
 
 
-def student_sigmas(num_steps: int, shift: float = 5.0) -> list[float]:
+def student_sigmas(num_steps: int, shift: float = STUDENT_SHIFT) -> list[float]:
     """Warped few-step σ list of the causal student; at s=5, 4 steps give [1, 0.9375, 0.8333, 0.625]."""
     return warped_step_sigmas(nominal_steps(num_steps), shift)
 
