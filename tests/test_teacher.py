@@ -129,3 +129,33 @@ def test_optimizer_builds_without_a_trainer_when_there_is_no_decay():
     schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert schedule.get_last_lr()[0] == pytest.approx(module.hparams.lr / 4)
     assert module._lr_factor(3) == 1.0 and module._lr_factor(10_000) == 1.0
+
+
+def test_uniform_sigma_fraction_mixes_uniform_draws_into_the_shifted_logit_normal():
+    def draws(**kwargs) -> torch.Tensor:
+        return tiny_teacher(**kwargs).draw_sigma(20000, generator=torch.Generator().manual_seed(0))
+
+    shifted = draws(train_shift=3.0)
+    # fraction 0 draws nothing extra: the same stream, hence the same σ, as before the option existed
+    assert torch.equal(shifted, draws(train_shift=3.0, uniform_sigma_fraction=0.0))
+    uniform = draws(train_shift=3.0, uniform_sigma_fraction=1.0)
+    assert abs(uniform.mean().item() - 0.5) < 0.01 and abs((uniform < 0.15).float().mean().item() - 0.15) < 0.01
+    below = (draws(train_shift=3.0, uniform_sigma_fraction=0.2) < 0.15).float().mean().item()
+    expected = 0.2 * 0.15 + 0.8 * (shifted < 0.15).float().mean().item()
+    assert abs(below - expected) < 0.01, (below, expected)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(uniform_sigma_fraction=1.5), "uniform_sigma_fraction=1.5 must be in"),
+    (dict(adaln_zero=True, init_weights="teacher.safetensors"), "Drop one of the two"),
+])
+def test_bad_sigma_mixture_or_init_combination_is_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TeacherModule(backbone=dict(TINY_BACKBONE), **bad)
+
+
+def test_adaln_zero_teacher_predicts_zero_velocity_before_training():
+    module = tiny_teacher(adaln_zero=True)
+    x = torch.randn(1, TINY_FRAMES, 12, TINY_SIZE // 2, TINY_SIZE // 2)
+    v = module.model(x, torch.tensor([0.5]), module.encode_prompts(["a red circle"]))
+    assert torch.equal(v, torch.zeros_like(v))

@@ -114,3 +114,29 @@ def test_teacher_reports_every_config_problem_at_once():
         TeacherModule(backbone={**TINY_BACKBONE, "text_dim": 32, "in_channels": 16}, caption_dropout=1.5)
     message = str(error.value)
     assert "text_dim" in message and "in_channels" in message and "caption_dropout" in message
+
+
+def test_adaln_zero_starts_at_v_zero_and_training_moves_the_zeroed_tensors():
+    model = tiny_backbone()
+    model.adaln_zero_init_()
+    x = torch.randn(2, 3, 12, 8, 8)
+    sigma = torch.rand(2)
+    context = torch.randn(2, 5, TINY.text_dim)
+    target = torch.randn_like(x)
+    out = model(x, sigma, context)
+    assert torch.equal(out, torch.zeros_like(out))  # proj_out is zero
+    out.sub(target).square().mean().backward()
+    params = dict(model.transformer.named_parameters())
+    # the zero output layer blocks every other gradient on the first step, as in DiT ...
+    assert params["proj_out.weight"].grad.abs().sum() > 0
+    assert params["blocks.0.scale_shift_table"].grad.abs().sum() == 0
+    # ... and a few steps later the gates have opened
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.step()
+        optimizer.zero_grad()
+        model(x, sigma, context).sub(target).square().mean().backward()
+    for name in ("proj_out.weight", "blocks.0.scale_shift_table", "blocks.1.scale_shift_table",
+                 "condition_embedder.time_proj.weight"):
+        assert params[name].abs().sum() > 0, name
+    assert params["blocks.0.attn1.to_q.weight"].grad.abs().sum() > 0  # attention learns once its gate is open

@@ -87,6 +87,21 @@ class WanBackbone(nn.Module):
         out = self.transformer(hidden, timestep, context.to(x.dtype), return_dict=False)[0]
         return rearrange(out, "b c f h w -> b f c h w")
 
+    @torch.no_grad()
+    def adaln_zero_init_(self) -> None:
+        """adaLN-Zero (DiT, Peebles & Xie 2023, §3.2) for training from scratch: every block's modulation
+        (shift, scale, gate of self-attention and FFN) and the output projection start at zero, so each
+        block starts as the identity on its gated branches and the model predicts v = 0. diffusers' own
+        init is meant to be overwritten by pretrained weights; from scratch it converges more slowly.
+        Wan's cross-attention has no gate and keeps its default init."""
+        transformer = self.transformer
+        nn.init.zeros_(transformer.condition_embedder.time_proj.weight)  # temb -> 6 modulations per block
+        nn.init.zeros_(transformer.condition_embedder.time_proj.bias)
+        for block in transformer.blocks:
+            nn.init.zeros_(block.scale_shift_table)  # (1, 6, dim)
+        nn.init.zeros_(transformer.proj_out.weight)
+        nn.init.zeros_(transformer.proj_out.bias)
+
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
         """Load a diffusers-format folder or a safetensors file; shape mismatches are reported together."""
         path = Path(path)
