@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the module's")
     p.add_argument("--sample-shift", type=float, default=None,
                    help="shift of the Euler σ schedule; default: the module's")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only the Euler steps with σ in (LO, HI]; default: the module's")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="where to sample (cpu, cuda, ...)")
     p.add_argument("--out", default="runs/teacher_attributes",
@@ -121,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
 
     guidance = hp.guidance_scale if args.guidance_scale is None else args.guidance_scale
     shift = hp.sample_shift if args.sample_shift is None else args.sample_shift
+    interval = tuple(hp.guidance_interval if args.guidance_interval is None else args.guidance_interval)
     start = time.perf_counter()
     generated = torch.cat([
         module.generate(captions[i: i + args.batch_size], seed=args.seed + i, num_steps=args.steps,
-                        guidance_scale=guidance, shift=shift).float().cpu()
+                        guidance_scale=guidance, shift=shift, guidance_interval=interval).float().cpu()
         for i in range(0, len(captions), args.batch_size)
     ]).clamp(-1, 1)  # (N, F, 3, H, W)
     generate_s = time.perf_counter() - start
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     sharp = {"generated": sharpness(generated), "real": sharpness(real)}
     report = "\n".join([
         f"Prompt-attribute accuracy of `{args.checkpoint}` ({args.num_prompts} one-object prompts, "
-        f"seed {args.seed}; {args.steps} Euler steps, shift {shift}, CFG w = {guidance}); "
+        f"seed {args.seed}; {args.steps} Euler steps, shift {shift}, CFG w = {guidance} "
+        f"for σ in ({interval[0]}, {interval[1]}]); "
         f"real = one toy-world video per prompt (seed {args.real_seed}).",
         "",
         markdown_table(rows),
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "attributes.md").write_text(report + "\n")
     (out / "attributes.json").write_text(json.dumps(
         dict(checkpoint=args.checkpoint, captions=captions, steps=args.steps, guidance_scale=guidance,
-             sample_shift=shift,
+             sample_shift=shift, guidance_interval=interval,
              accuracy=rows, sharpness=sharp, sharpness_ratio=sharp["generated"] / sharp["real"]), indent=2))
     shown = min(8, len(captions))
     grid = video_grid(torch.cat([generated[:shown], real[:shown]]), columns=shown)  # generated over real

@@ -155,3 +155,26 @@ def test_euler_sampler_follows_the_ode_of_the_true_x0_predictor():
         s = torch.full((2,), float(sigmas[i]), dtype=torch.float64)
         assert torch.allclose(x, add_noise(x0, noise, s), atol=1e-6), i  # the sampler passes σ as float32
     assert torch.allclose(out, x0, atol=1e-6)
+
+
+def test_guidance_interval_guides_exactly_the_steps_inside_it():
+    """v_cond = 2, v_uncond = 0, w = 3: a guided step moves x by 6·Δσ, an unguided one by 2·Δσ (and runs one
+    forward of batch B instead of 2B)."""
+    batches = []
+
+    def model(x, sigma, context):
+        batches.append(x.shape[0])
+        return context.mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1).expand_as(x).clone()
+
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0], dtype=torch.float64)
+    cond, uncond = torch.full((2, 3, 4), 2.0), torch.zeros(2, 3, 4)
+    noise = torch.zeros(2, 1, 1, 2, 2)
+    out = euler_sample(model, noise, cond, sigmas, uncond, 3.0, guidance_interval=(0.3, 0.8))
+    # steps at σ = 1.0 and 0.2 are outside (0.3, 0.8]; σ = 0.8 and 0.5 are inside
+    expected = 2.0 * (0.8 - 1.0) + 6.0 * (0.5 - 0.8) + 6.0 * (0.2 - 0.5) + 2.0 * (0.0 - 0.2)
+    assert torch.allclose(out, torch.full_like(noise, expected))
+    assert batches == [2, 4, 4, 2]
+    everywhere = euler_sample(model, noise, cond, sigmas, uncond, 3.0)  # default (0, 1]: every step guided
+    assert torch.allclose(everywhere, torch.full_like(noise, -6.0))
+    with pytest.raises(ValueError, match="guidance_interval"):
+        euler_sample(model, noise, cond, sigmas, uncond, 3.0, guidance_interval=(0.5, 0.5))

@@ -54,11 +54,14 @@ def test_generate_is_deterministic_per_seed():
 
 def test_generate_overrides_equal_the_same_settings_in_the_config():
     prompts = ["a large red circle moving left quickly"]
-    configured = tiny_teacher(sample_steps=4, sample_shift=2.0, guidance_scale=3.0).eval()
-    default = tiny_teacher().eval()  # same seed -> same weights; sampler 3 steps, shift 5, w = 4
-    overridden = default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0, shift=2.0)
+    configured = tiny_teacher(sample_steps=4, sample_shift=2.0, guidance_scale=3.0, guidance_interval=(0.0, 0.7)).eval()
+    default = tiny_teacher().eval()  # same seed -> same weights; sampler 3 steps, shift 5, w = 4, guided (0, 1]
+    overridden = default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0, shift=2.0,
+                                  guidance_interval=(0.0, 0.7))
     assert torch.equal(overridden, configured.generate(prompts, seed=1))
-    assert not torch.equal(overridden, default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0))
+    assert not torch.equal(overridden, default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0,
+                                                        guidance_interval=(0.0, 0.7)))
+    assert not torch.equal(overridden, default.generate(prompts, seed=1, num_steps=4, guidance_scale=3.0, shift=2.0))
 
 
 def test_exported_weights_load_back_for_sampling(tmp_path):
@@ -147,9 +150,9 @@ def test_uniform_sigma_fraction_mixes_uniform_draws_into_the_shifted_logit_norma
 
 @pytest.mark.parametrize("bad, message", [
     (dict(uniform_sigma_fraction=1.5), "uniform_sigma_fraction=1.5 must be in"),
-    (dict(adaln_zero=True, init_weights="teacher.safetensors"), "Drop one of the two"),
+    (dict(guidance_interval=(0.8, 0.2)), r"guidance_interval=\(0.8, 0.2\) must be"),
 ])
-def test_bad_sigma_mixture_or_init_combination_is_rejected(bad, message):
+def test_bad_sigma_mixture_or_guidance_interval_is_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         TeacherModule(backbone=dict(TINY_BACKBONE), **bad)
 

@@ -28,17 +28,24 @@ def euler_sample(
     model: VelocityFn, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
     uncond_context: torch.Tensor | None = None, guidance_scale: float = 1.0,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Integrate dx/dσ = v from σ = sigmas[0] to sigmas[-1] (normally 0); returns x at the last σ.
 
     noise: (B, F, C, H, W); sigmas: decreasing, (N+1,). ``on_step(i, x_i, v_i)`` sees each state before
-    its update (used to record trajectories).
+    its update (used to record trajectories). CFG applies only to steps with σ in ``guidance_interval``
+    = (lo, hi]; the others take the conditional velocity (guidance in a limited interval, Kynkäänniemi
+    et al. 2024). The default (0, 1] guides every step.
     """
+    lo, hi = guidance_interval
+    if not 0.0 <= lo < hi:
+        raise ValueError(f"guidance_interval={guidance_interval} must be (lo, hi) with 0 <= lo < hi.")
     x = noise
     B = x.shape[0]
     for i in range(len(sigmas) - 1):
         sigma = torch.full((B,), float(sigmas[i]), device=x.device)
-        v = guided_velocity(model, x, sigma, context, uncond_context, guidance_scale)
+        guided = lo < float(sigmas[i]) <= hi
+        v = guided_velocity(model, x, sigma, context, uncond_context if guided else None, guidance_scale)
         if on_step is not None:
             on_step(i, x, v)
         x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v  # Euler step, x_next = x + v·(σ_next − σ)
