@@ -64,8 +64,8 @@ def test_sample_writes_gifs_and_mp4(trained_run, tmp_path):
 
     checkpoint = trained_run / "checkpoints" / "last.ckpt"  # a Lightning .ckpt loads too (weights_only)
     result = run_cli(["sample", "--checkpoint", str(checkpoint), "--prompt", prompts[0], "--out",
-                      str(tmp_path / "mp4"), "--steps", "2", "--format", "mp4", "--guidance-scale", "1.0",
-                      "--shift", "3"])
+                      str(tmp_path / "mp4"), "--steps", "2", "--format", "mp4", "--guidance-scale", "2.0",
+                      "--guidance-interval", "[0.25, 1.0]", "--shift", "3"])
     assert result.returncode == 0, describe(result)
     mp4 = tmp_path / "mp4" / "0000_a_large_red_circle_moving_right_slowly.mp4"
     assert mp4.read_bytes()[4:8] == b"ftyp"

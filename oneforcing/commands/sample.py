@@ -38,6 +38,9 @@ def build_parser() -> ArgumentParser:
                         "student's training schedule, else 1)")
     p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float | None, default=None,
                    help="euler only: CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1)")
+    p.add_argument("--guidance-interval", "--guidance_interval", dest="guidance_interval",
+                   type=tuple[float, float] | None, default=None,
+                   help="euler only: guide only the steps with σ in (lo, hi], e.g. [0.25, 1.0] (default: the module's)")
     p.add_argument("--block-size", "--block_size", dest="block_size", type=int | None, default=None,
                    help="streaming: latent frames per block (1 framewise, 3 chunkwise; default: the student's, else 1)")
     p.add_argument("--first-block-size", "--first_block_size", dest="first_block_size", type=int | None, default=None,
@@ -114,7 +117,8 @@ def sample_command(argv: list[str]) -> None:
                 videos = streaming_videos(module, sampler, chunk, cfg.seed + start, num_frames)
             else:
                 videos = module.generate(chunk, seed=cfg.seed + start, num_steps=cfg.steps,
-                                         guidance_scale=cfg.guidance_scale, shift=cfg.shift)
+                                         guidance_scale=cfg.guidance_scale, shift=cfg.shift,
+                                         guidance_interval=cfg.guidance_interval)
             for i, (prompt, video) in enumerate(zip(chunk, videos)):
                 written.append(write_video(out / f"{start + i:04d}_{slug(prompt)}.{cfg.format}", video))
     Console().print(f"[green]Wrote {len(written)} videos to {out}/ "
