@@ -18,7 +18,7 @@ from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, shift_sigma, velocity_target
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
-from oneforcing.sampling.euler import euler_sample
+from oneforcing.sampling.euler import euler_sample, guidance_interval_problem
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fixed noise levels: the val loss is comparable across runs
 
@@ -84,8 +84,8 @@ class TeacherModule(L.LightningModule):
             problems.append(f"final_lr_fraction={final_lr_fraction} must be in [0, 1]")
         if not 0.0 <= uniform_sigma_fraction <= 1.0:
             problems.append(f"uniform_sigma_fraction={uniform_sigma_fraction} must be in [0, 1]")
-        if not 0.0 <= guidance_interval[0] < guidance_interval[1]:
-            problems.append(f"guidance_interval={tuple(guidance_interval)} must be (lo, hi) with 0 <= lo < hi")
+        if interval_problem := guidance_interval_problem(guidance_interval):
+            problems.append(interval_problem)
         if problems:
             raise ValueError("Invalid TeacherModule config:\n  - " + "\n  - ".join(problems))
         self.model: WanBackbone | None = None

@@ -23,6 +23,12 @@ def guided_velocity(
     return classifier_free_guidance(cond, uncond, guidance_scale)
 
 
+def guidance_interval_problem(interval: tuple[float, float]) -> str | None:
+    """Why ``interval`` is not a valid (lo, hi] guidance range, or None."""
+    lo, hi = interval
+    return None if 0.0 <= lo < hi else f"guidance_interval={tuple(interval)} must be (lo, hi) with 0 <= lo < hi"
+
+
 @torch.no_grad()
 def euler_sample(
     model: VelocityFn, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
@@ -37,16 +43,17 @@ def euler_sample(
     = (lo, hi]; the others take the conditional velocity (guidance in a limited interval, Kynkäänniemi
     et al. 2024). The default (0, 1] guides every step.
     """
+    problem = guidance_interval_problem(guidance_interval)
+    if problem:
+        raise ValueError(problem + ".")
     lo, hi = guidance_interval
-    if not 0.0 <= lo < hi:
-        raise ValueError(f"guidance_interval={guidance_interval} must be (lo, hi) with 0 <= lo < hi.")
     x = noise
     B = x.shape[0]
     for i in range(len(sigmas) - 1):
-        sigma = torch.full((B,), float(sigmas[i]), device=x.device)
-        guided = lo < float(sigmas[i]) <= hi
-        v = guided_velocity(model, x, sigma, context, uncond_context if guided else None, guidance_scale)
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        sigma = torch.full((B,), s, device=x.device)
+        v = guided_velocity(model, x, sigma, context, uncond_context if lo < s <= hi else None, guidance_scale)
         if on_step is not None:
             on_step(i, x, v)
-        x = x + (float(sigmas[i + 1]) - float(sigmas[i])) * v  # Euler step, x_next = x + v·(σ_next − σ)
+        x = x + (s_next - s) * v  # Euler step, x_next = x + v·(σ_next − σ)
     return x
