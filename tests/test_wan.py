@@ -9,6 +9,7 @@ import torch
 from conftest import TINY_BACKBONE
 from safetensors.torch import save_file
 
+from oneforcing.callbacks.export import export_weights
 from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.models.wan import (
     WAN21_T2V_1_3B,
@@ -97,6 +98,22 @@ def test_load_weights_with_missing_keys_fails_when_strict(tmp_path):
     with pytest.raises(ValueError, match=r"1 missing keys.*proj_out.weight"):
         tiny_backbone().load_weights(path)
     tiny_backbone().load_weights(path, strict=False)
+
+
+def test_load_weights_rejects_an_export_with_another_head_split(tmp_path):
+    # 2 heads of 2·d and 4 heads of d have identical tensor shapes; only the recorded config tells them apart
+    split = dict(num_attention_heads=TINY.num_attention_heads // 2, attention_head_dim=TINY.attention_head_dim * 2)
+    export = tmp_path / "teacher.safetensors"
+    teacher = TeacherModule(backbone=dataclasses.replace(TINY, **split))
+    teacher.configure_model()
+    export_weights(teacher, export)
+    heads, head_dim = TINY.num_attention_heads, TINY.attention_head_dim
+    with pytest.raises(ValueError, match=rf"another WanConfig \(num_attention_heads: file {heads // 2} vs model "
+                                         rf"{heads}; attention_head_dim: file {head_dim * 2} vs model {head_dim}\)"):
+        tiny_backbone().load_weights(export)
+    same = tiny_backbone(seed=1, **split)
+    same.load_weights(export)
+    assert torch.equal(same.transformer.proj_out.weight, teacher.model.transformer.proj_out.weight)
 
 
 def test_load_weights_from_a_missing_path(tmp_path):

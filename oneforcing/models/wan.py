@@ -8,6 +8,7 @@ in ``configs/wan2.1/`` and in ``WAN21_T2V_1_3B`` / ``WAN21_T2V_14B`` below.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,13 @@ class WanBackbone(nn.Module):
                 f"Weights {path} do not fit this backbone ({len(mismatched)} shape mismatches, e.g. "
                 f"{mismatched[:3]}). The checkpoint was trained with another WanConfig; use the same config."
             )
+        differing = config_differences(recorded_backbone_config(path), self.config)
+        if differing:
+            raise ValueError(
+                f"Weights {path} were trained with another WanConfig ({'; '.join(differing)}). The tensors have "
+                "the same shapes, but they would be read differently (e.g. another split of the attention "
+                "heads); set these backbone fields to the recorded values."
+            )
         missing, unexpected = self.transformer.load_state_dict(state, strict=False, assign=own_is_meta(own))
         if strict and (missing or unexpected):
             raise ValueError(
@@ -148,6 +156,37 @@ def select_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if chosen:
             return chosen
     return state
+
+
+def recorded_backbone_config(path: str | Path) -> dict | None:
+    """The WanConfig recorded in a module export's metadata (``ExportWeights``); None for other files."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    recorded = json.loads(meta["hparams"]).get("backbone") if "hparams" in meta else None
+    return recorded if isinstance(recorded, dict) else None
+
+
+# fields that change how the same tensors are read; rope_max_seq_len only sizes a buffer of positions
+_SHAPE_PRESERVING_FIELDS = ("num_attention_heads", "attention_head_dim", "qk_norm", "cross_attn_norm", "eps",
+                            "patch_size")
+
+
+def config_differences(recorded: dict | None, config: WanConfig) -> list[str]:
+    """'field: file X vs model Y' for each field in which a recorded config differs from ``config``."""
+    if not recorded:
+        return []
+    own = dataclasses.asdict(config)
+    return [f"{k}: file {recorded[k]!r} vs model {own[k]!r}" for k in _SHAPE_PRESERVING_FIELDS
+            if k in recorded and _as_tuple(recorded[k]) != _as_tuple(own[k])]
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value  # JSON writes tuples as lists
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
