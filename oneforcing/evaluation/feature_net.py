@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.models.wan import safetensors_metadata
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "toy_video_features.safetensors"
 
@@ -140,8 +140,6 @@ def load_feature_net(path: str | Path = DEFAULT_WEIGHTS) -> VideoFeatureNet:
             f"No feature-net weights at {path}; train them with "
             "`oneforcing fit --config configs/toy/feature_net.yaml` (see that file's header)."
         )
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    net = VideoFeatureNet(**json.loads(metadata.get("config", "{}")))
+    net = VideoFeatureNet(**json.loads(safetensors_metadata(path).get("config", "{}")))
     net.load_state_dict(load_file(str(path)))
     return net.eval().requires_grad_(False)

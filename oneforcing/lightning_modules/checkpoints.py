@@ -12,11 +12,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.models.wan import safetensors_metadata
 
 MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule,
                                                       "DistillationModule": DistillationModule}
@@ -31,8 +31,7 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = safetensors_metadata(path)
         if "module" not in meta:
             raise ValueError(
                 f"{path} has no 'module' metadata: it is a bare weight file, not an export of a oneforcing module. "

@@ -161,12 +161,7 @@ def select_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def recorded_backbone_config(path: str | Path) -> dict | None:
     """The WanConfig recorded in a module export's metadata (``ExportWeights``); None for other files."""
     path = Path(path)
-    if not (path.is_file() and path.suffix == ".safetensors"):
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = safetensors_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
     recorded = json.loads(meta["hparams"]).get("backbone") if "hparams" in meta else None
     return recorded if isinstance(recorded, dict) else None
 
@@ -205,6 +200,14 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def own_is_meta(state: dict[str, torch.Tensor]) -> bool:
     return any(t.is_meta for t in state.values())
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} when it has none); reads the header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
