@@ -23,7 +23,7 @@ import torch
 
 from oneforcing.data.toy_world import make_video
 from oneforcing.lightning_modules.checkpoints import load_trained_module
-from oneforcing.models.flow_matching import add_noise
+from oneforcing.models.flow_matching import add_noise, x0_from_velocity
 from oneforcing.models.toy_vocabulary import COLOURS
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     shuffle = torch.randperm(x0.shape[1], generator=generator)
 
     def predict_x0(x_t: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return x_t - sigma.view(-1, 1, 1, 1, 1) * module.model(x_t, sigma, context).float()
+        return x0_from_velocity(x_t, module.model(x_t, sigma, context).float(), sigma)
 
     print(f"{args.checkpoint}: mean squared change of x̂0 over {len(videos)} real one-object videos")
     print("| σ | x̂0 error | swap direction | swap colour | reverse time | shuffle time |")
