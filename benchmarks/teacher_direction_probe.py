@@ -1,4 +1,4 @@
-"""Does a teacher know which way its objects move? Two probes of its denoiser, without sampling.
+"""Does a teacher know which way its objects move? Probes of its denoiser, without sampling.
 
 For N real one-object toy videos, noised at σ (one noise draw per σ), the teacher predicts the clean video
 x̂0 = x_σ − σ·v(x_σ, σ, c). Reported per σ, as mean squared differences of x̂0:
@@ -9,6 +9,11 @@ x̂0 = x_σ − σ·v(x_σ, σ, c). Reported per σ, as mean squared differences
 - **reverse time / shuffle time**: x̂0 of the time-reversed input, reversed back, against x̂0; the same for a
   fixed random frame permutation. A teacher whose output is (nearly) unchanged by reversal but not by a
   shuffle sees only how far apart frames are, not their order: it cannot tell left from right.
+- **mean path**: for "a large red circle moving <d> quickly", x̂0 from near-pure noise (σ = 0.98, 32 draws)
+  is the teacher's estimate of the average video of that caption. Its red centroid along the axis of motion,
+  per frame, against the average path of real quick objects moving <d>: a real "right" object is on the left
+  at frame 0 and on the right later. A teacher that does not know which frame is which draws the same flat
+  path for every direction.
 
     python benchmarks/teacher_direction_probe.py --checkpoint assets/toy_teacher.safetensors [--num-videos 32]
 
@@ -79,6 +84,42 @@ def main(argv: list[str] | None = None) -> None:
         error = (base - x0).square().mean().item()
         print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.5f}" for k in
                                                    ("swap direction", "swap colour", "reverse time", "shuffle time")) + " |")
+    print_mean_paths(module, x0.shape[1], args.seed, predict_x0)
+
+
+
+def red_centroid(pixels: torch.Tensor, axis: int) -> torch.Tensor:
+    """(N, F, 3, H, W) in [-1, 1] -> (F,) mean centroid of red excess (R − (G + B)/2) along x (axis 0) or y."""
+    red = (pixels[:, :, 0] - pixels[:, :, 1:].mean(dim=2)).clamp(min=0).mean(dim=0)  # (F, H, W)
+    weights = red.sum(dim=1 + (1 - axis))  # (F, W) for x, (F, H) for y
+    coords = torch.arange(weights.shape[1], dtype=torch.float32) + 0.5
+    return (weights * coords).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-8)
+
+
+def print_mean_paths(module, num_frames: int, seed: int, predict_x0, draws: int = 32, sigma: float = 0.98) -> None:
+    real_paths: dict[str, list] = {d: [] for d in OPPOSITE}
+    for i in range(2000):
+        video = make_video(seed + 1, i, num_frames=num_frames, max_objects=1)
+        obj = video.attributes["objects"][0]
+        if obj["speed"] == "quickly":
+            axis = 0 if obj["direction"] in ("left", "right") else 1
+            real_paths[obj["direction"]].append([point[axis] for point in obj["trajectory"]])
+    size = module.hparams.frame_size
+    latent = (module.hparams.num_frames, module.codec.latent_channels, size // module.codec.spatial_factor,
+              size // module.codec.spatial_factor)
+    noise = torch.randn((draws, *latent), generator=torch.Generator().manual_seed(1))
+    print(f"\nMean path along the axis of motion (px, frame 0 → {num_frames - 1}): teacher x̂0 at σ = {sigma} "
+          f"({draws} draws) vs the mean of real quick objects")
+    print("| caption direction | teacher | real |")
+    print("|---|---|---|")
+    for direction in OPPOSITE:
+        context = module.encode_prompts([f"a large red circle moving {direction} quickly"] * draws)
+        x0 = predict_x0(noise, torch.full((draws,), sigma), context)
+        axis = 0 if direction in ("left", "right") else 1
+        teacher = red_centroid(module.codec.decode(x0), axis)
+        real = torch.tensor(real_paths[direction]).mean(dim=0)
+        show = lambda path: " ".join(f"{v:.1f}" for v in path[:: max(1, num_frames // 6)].tolist())
+        print(f"| {direction} | {show(teacher)} | {show(real)} |")
 
 
 if __name__ == "__main__":
