@@ -29,11 +29,12 @@ import torch
 from oneforcing.data.toy_world import make_video
 from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.models.flow_matching import add_noise, x0_from_velocity
-from oneforcing.models.toy_vocabulary import COLOURS
+from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _COLOURS = list(COLOURS)
 NEXT_COLOUR = {c: _COLOURS[(i + 1) % len(_COLOURS)] for i, c in enumerate(_COLOURS)}
+AXIS = {d: 0 if dx else 1 for d, (dx, _) in DIRECTIONS.items()}  # 0: moves along x, 1: along y
 
 
 def replace_words(caption: str, mapping: dict[str, str]) -> str:
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         error = (base - x0).square().mean().item()
         print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.5f}" for k in
                                                    ("swap direction", "swap colour", "reverse time", "shuffle time")) + " |")
-    print_mean_paths(module, x0.shape[1], args.seed, predict_x0)
-
+    print_mean_paths(module, x0.shape[1:], args.seed, predict_x0)
 
 
 def red_centroid(pixels: torch.Tensor, axis: int) -> torch.Tensor:
@@ -96,18 +96,20 @@ def red_centroid(pixels: torch.Tensor, axis: int) -> torch.Tensor:
     return (weights * coords).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-8)
 
 
-def print_mean_paths(module, num_frames: int, seed: int, predict_x0, draws: int = 32, sigma: float = 0.98) -> None:
+def show(path: torch.Tensor) -> str:
+    """Every other frame's value (6 of the 12 frames), to one decimal."""
+    return " ".join(f"{v:.1f}" for v in path[:: max(1, len(path) // 6)].tolist())
+
+
+def print_mean_paths(module, latent_shape: torch.Size, seed: int, predict_x0, draws: int = 32,
+                     sigma: float = 0.98) -> None:
+    num_frames = latent_shape[0]  # (F, C, h, w): one video frame per latent frame in the toy codec
     real_paths: dict[str, list] = {d: [] for d in OPPOSITE}
     for i in range(2000):
-        video = make_video(seed + 1, i, num_frames=num_frames, max_objects=1)
-        obj = video.attributes["objects"][0]
+        obj = make_video(seed + 1, i, num_frames=num_frames, max_objects=1).attributes["objects"][0]
         if obj["speed"] == "quickly":
-            axis = 0 if obj["direction"] in ("left", "right") else 1
-            real_paths[obj["direction"]].append([point[axis] for point in obj["trajectory"]])
-    size = module.hparams.frame_size
-    latent = (module.hparams.num_frames, module.codec.latent_channels, size // module.codec.spatial_factor,
-              size // module.codec.spatial_factor)
-    noise = torch.randn((draws, *latent), generator=torch.Generator().manual_seed(1))
+            real_paths[obj["direction"]].append([point[AXIS[obj["direction"]]] for point in obj["trajectory"]])
+    noise = torch.randn((draws, *latent_shape), generator=torch.Generator().manual_seed(1))
     print(f"\nMean path along the axis of motion (px, frame 0 → {num_frames - 1}): teacher x̂0 at σ = {sigma} "
           f"({draws} draws) vs the mean of real quick objects")
     print("| caption direction | teacher | real |")
@@ -115,10 +117,8 @@ def print_mean_paths(module, num_frames: int, seed: int, predict_x0, draws: int 
     for direction in OPPOSITE:
         context = module.encode_prompts([f"a large red circle moving {direction} quickly"] * draws)
         x0 = predict_x0(noise, torch.full((draws,), sigma), context)
-        axis = 0 if direction in ("left", "right") else 1
-        teacher = red_centroid(module.codec.decode(x0), axis)
+        teacher = red_centroid(module.codec.decode(x0), AXIS[direction])
         real = torch.tensor(real_paths[direction]).mean(dim=0)
-        show = lambda path: " ".join(f"{v:.1f}" for v in path[:: max(1, num_frames // 6)].tolist())
         print(f"| {direction} | {show(teacher)} | {show(real)} |")
 
 

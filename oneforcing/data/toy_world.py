@@ -4,8 +4,8 @@ Each video shows one or two shapes of named colour and size moving in a named di
 speed, bouncing off the borders, over a textured background. Each object starts in the part of its path
 that it moves away from (``START_SPAN``), so that a video played backwards is not a video of its caption.
 The caption under-specifies the video on purpose: start position, exact speed and size, and the background
-are random, so many videos fit one caption (the multimodality that makes one-step generation hard). Ground-truth attributes and per-frame
-centroids are returned beside the pixels so that metrics can be exact.
+are random, so many videos fit one caption (the multimodality that makes one-step generation hard).
+Ground-truth attributes and per-frame centroids are returned beside the pixels so that metrics can be exact.
 
 Everything is a pure function of (seed, index): the same seed gives the same videos on any machine.
 """
