@@ -3,9 +3,10 @@
 For N real one-object toy videos, noised at σ (one noise draw per σ), the teacher predicts the clean video
 x̂0 = x_σ − σ·v(x_σ, σ, c). Reported per σ, as mean squared differences of x̂0:
 
-- **swap direction / swap colour**: the caption's direction word replaced by its opposite (left↔right,
-  up↔down), or its colour by another one. A teacher that reads the direction's sign changes its prediction
-  about as much as for a colour; one that reads only the axis barely changes it.
+- **swap direction / swap axis / swap colour**: the caption's direction word replaced by its opposite
+  (left↔right, up↔down), by the other axis (left→up, up→left, ...), or its colour by another one. A teacher
+  that reads the direction's sign changes its prediction about as much as for a colour; one that reads only
+  the axis barely changes it under the first swap.
 - **reverse time / shuffle time**: x̂0 of the time-reversed input, reversed back, against x̂0; the same for a
   fixed random frame permutation. A teacher whose output is (nearly) unchanged by reversal but not by a
   shuffle sees only how far apart frames are, not their order: it cannot tell left from right.
@@ -32,6 +33,7 @@ from oneforcing.models.flow_matching import add_noise, x0_from_velocity
 from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right"}
 _COLOURS = list(COLOURS)
 NEXT_COLOUR = {c: _COLOURS[(i + 1) % len(_COLOURS)] for i, c in enumerate(_COLOURS)}
 AXIS = {d: 0 if dx else 1 for d, (dx, _) in DIRECTIONS.items()}  # 0: moves along x, 1: along y
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     contexts = {
         "caption": module.encode_prompts(captions),
         "swap direction": module.encode_prompts([replace_words(c, OPPOSITE) for c in captions]),
+        "swap axis": module.encode_prompts([replace_words(c, OTHER_AXIS) for c in captions]),
         "swap colour": module.encode_prompts([replace_words(c, NEXT_COLOUR) for c in captions]),
     }
     generator = torch.Generator().manual_seed(0)
@@ -70,21 +73,21 @@ def main(argv: list[str] | None = None) -> None:
         return x0_from_velocity(x_t, module.model(x_t, sigma, context).float(), sigma)
 
     print(f"{args.checkpoint}: mean squared change of x̂0 over {len(videos)} real one-object videos")
-    print("| σ | x̂0 error | swap direction | swap colour | reverse time | shuffle time |")
-    print("|---|---|---|---|---|---|")
+    names = ("swap direction", "swap axis", "swap colour", "reverse time", "shuffle time")
+    print("| σ | x̂0 error | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
     for s in args.sigmas:
         sigma = torch.full((len(videos),), s)
         x_t = add_noise(x0, torch.randn(x0.shape, generator=generator), sigma)
         base = predict_x0(x_t, sigma, contexts["caption"])
         change = {name: (predict_x0(x_t, sigma, contexts[name]) - base).square().mean().item()
-                  for name in ("swap direction", "swap colour")}
+                  for name in ("swap direction", "swap axis", "swap colour")}
         reversed_back = predict_x0(x_t.flip(1), sigma, contexts["caption"]).flip(1)
         shuffled = predict_x0(x_t[:, shuffle], sigma, contexts["caption"])
         change["reverse time"] = (reversed_back - base).square().mean().item()
         change["shuffle time"] = (shuffled - base[:, shuffle]).square().mean().item()
         error = (base - x0).square().mean().item()
-        print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.5f}" for k in
-                                                   ("swap direction", "swap colour", "reverse time", "shuffle time")) + " |")
+        print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.6f}" for k in names) + " |")
     print_mean_paths(module, x0.shape[1:], args.seed, predict_x0)
 
 
