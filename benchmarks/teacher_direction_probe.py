@@ -32,10 +32,12 @@ from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.models.flow_matching import add_noise, x0_from_velocity
 from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right"}
+_BY_MOTION = {motion: name for name, motion in DIRECTIONS.items()}
+OPPOSITE = {d: _BY_MOTION[(-dx, -dy)] for d, (dx, dy) in DIRECTIONS.items()}  # left -> right, up -> down
+OTHER_AXIS = {d: _BY_MOTION[(dy, dx)] for d, (dx, dy) in DIRECTIONS.items()}  # left -> up, right -> down
 _COLOURS = list(COLOURS)
 NEXT_COLOUR = {c: _COLOURS[(i + 1) % len(_COLOURS)] for i, c in enumerate(_COLOURS)}
+SWAPS = {"swap direction": OPPOSITE, "swap axis": OTHER_AXIS, "swap colour": NEXT_COLOUR}  # caption edits
 AXIS = {d: 0 if dx else 1 for d, (dx, _) in DIRECTIONS.items()}  # 0: moves along x, 1: along y
 
 
@@ -60,12 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     pixels = torch.stack([torch.from_numpy(v.pixels).float() / 127.5 - 1.0 for v in videos])  # (N, F, 3, H, W)
     x0 = module.codec.encode(pixels)  # (N, F, C, h, w)
     captions = [v.caption for v in videos]
-    contexts = {
-        "caption": module.encode_prompts(captions),
-        "swap direction": module.encode_prompts([replace_words(c, OPPOSITE) for c in captions]),
-        "swap axis": module.encode_prompts([replace_words(c, OTHER_AXIS) for c in captions]),
-        "swap colour": module.encode_prompts([replace_words(c, NEXT_COLOUR) for c in captions]),
-    }
+    caption_context = module.encode_prompts(captions)
+    swapped = {name: module.encode_prompts([replace_words(c, mapping) for c in captions])
+               for name, mapping in SWAPS.items()}
     generator = torch.Generator().manual_seed(0)
     shuffle = torch.randperm(x0.shape[1], generator=generator)
 
@@ -73,17 +72,17 @@ def main(argv: list[str] | None = None) -> None:
         return x0_from_velocity(x_t, module.model(x_t, sigma, context).float(), sigma)
 
     print(f"{args.checkpoint}: mean squared change of x̂0 over {len(videos)} real one-object videos")
-    names = ("swap direction", "swap axis", "swap colour", "reverse time", "shuffle time")
+    names = (*SWAPS, "reverse time", "shuffle time")
     print("| σ | x̂0 error | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 2) + "|")
     for s in args.sigmas:
         sigma = torch.full((len(videos),), s)
         x_t = add_noise(x0, torch.randn(x0.shape, generator=generator), sigma)
-        base = predict_x0(x_t, sigma, contexts["caption"])
-        change = {name: (predict_x0(x_t, sigma, contexts[name]) - base).square().mean().item()
-                  for name in ("swap direction", "swap axis", "swap colour")}
-        reversed_back = predict_x0(x_t.flip(1), sigma, contexts["caption"]).flip(1)
-        shuffled = predict_x0(x_t[:, shuffle], sigma, contexts["caption"])
+        base = predict_x0(x_t, sigma, caption_context)
+        change = {name: (predict_x0(x_t, sigma, context) - base).square().mean().item()
+                  for name, context in swapped.items()}
+        reversed_back = predict_x0(x_t.flip(1), sigma, caption_context).flip(1)
+        shuffled = predict_x0(x_t[:, shuffle], sigma, caption_context)
         change["reverse time"] = (reversed_back - base).square().mean().item()
         change["shuffle time"] = (shuffled - base[:, shuffle]).square().mean().item()
         error = (base - x0).square().mean().item()
@@ -107,7 +106,7 @@ def show(path: torch.Tensor) -> str:
 def print_mean_paths(module, latent_shape: torch.Size, seed: int, predict_x0, draws: int = 32,
                      sigma: float = 0.98) -> None:
     num_frames = latent_shape[0]  # (F, C, h, w): one video frame per latent frame in the toy codec
-    real_paths: dict[str, list] = {d: [] for d in OPPOSITE}
+    real_paths: dict[str, list] = {d: [] for d in DIRECTIONS}
     for i in range(2000):
         obj = make_video(seed + 1, i, num_frames=num_frames, max_objects=1).attributes["objects"][0]
         if obj["speed"] == "quickly":
@@ -117,7 +116,7 @@ def print_mean_paths(module, latent_shape: torch.Size, seed: int, predict_x0, dr
           f"({draws} draws) vs the mean of real quick objects")
     print("| caption direction | teacher | real |")
     print("|---|---|---|")
-    for direction in OPPOSITE:
+    for direction in DIRECTIONS:
         context = module.encode_prompts([f"a large red circle moving {direction} quickly"] * draws)
         x0 = predict_x0(noise, torch.full((draws,), sigma), context)
         teacher = red_centroid(module.codec.decode(x0), AXIS[direction])
