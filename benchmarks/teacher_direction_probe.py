@@ -10,6 +10,9 @@ x̂0 = x_σ − σ·v(x_σ, σ, c). Reported per σ, as mean squared differences
 - **reverse time / shuffle time**: x̂0 of the time-reversed input, reversed back, against x̂0; the same for a
   fixed random frame permutation. A teacher whose output is (nearly) unchanged by reversal but not by a
   shuffle sees only how far apart frames are, not their order: it cannot tell left from right.
+- **frame 0 clean**: the same swaps with frame 0 left clean (σ = 0 there, σ on the others; the change is
+  measured on frames 1 onwards). With the object's position given at one frame, the sign says where it is
+  at every other, so a teacher that reads the sign must change its prediction here.
 - **mean path**: for "a large red circle moving <d> quickly", x̂0 from near-pure noise (σ = 0.98, 32 draws)
   is the teacher's estimate of the average video of that caption. Its red centroid along the axis of motion,
   per frame, against the average path of real quick objects moving <d>: a real "right" object is on the left
@@ -87,6 +90,19 @@ def main(argv: list[str] | None = None) -> None:
         change["shuffle time"] = (shuffled - base[:, shuffle]).square().mean().item()
         error = (base - x0).square().mean().item()
         print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.6f}" for k in names) + " |")
+
+    print("\nThe same swaps with frame 0 clean (σ = 0 there), on frames 1 onwards")
+    print("| σ | x̂0 error | " + " | ".join(SWAPS) + " |")
+    print("|---" * (len(SWAPS) + 2) + "|")
+    for s in args.sigmas:
+        sigma = torch.full(x0.shape[:2], s)  # (N, F): one σ per frame
+        sigma[:, 0] = 0.0
+        x_t = add_noise(x0, torch.randn(x0.shape, generator=generator), sigma)
+        base = predict_x0(x_t, sigma, caption_context)[:, 1:]
+        change = {name: (predict_x0(x_t, sigma, context)[:, 1:] - base).square().mean().item()
+                  for name, context in swapped.items()}
+        error = (base - x0[:, 1:]).square().mean().item()
+        print(f"| {s} | {error:.4f} | " + " | ".join(f"{change[k]:.6f}" for k in SWAPS) + " |")
     print_mean_paths(module, x0.shape[1:], args.seed, predict_x0)
 
 

@@ -148,8 +148,44 @@ def test_uniform_sigma_fraction_mixes_uniform_draws_into_the_shifted_logit_norma
     assert abs(below - expected) < 0.01, (below, expected)
 
 
+def test_per_frame_sigma_fraction_draws_one_sigma_per_frame_for_that_share_of_videos():
+    def draws(**kwargs) -> torch.Tensor:
+        return tiny_teacher(**kwargs).draw_sigma(4000, generator=torch.Generator().manual_seed(0), num_frames=6)
+
+    per_video = draws()
+    assert per_video.shape == (4000,)  # fraction 0: one σ per video, and no extra draws (same stream as before)
+    mixed = draws(per_frame_sigma_fraction=0.5)
+    assert mixed.shape == (4000, 6)
+    assert torch.equal(mixed[:, 0] == mixed[:, 1], (mixed == mixed[:, :1]).all(dim=1))
+    varying = (mixed != mixed[:, :1]).any(dim=1)
+    assert abs(varying.float().mean().item() - 0.5) < 0.03
+    assert torch.equal(mixed[~varying, 0], per_video[~varying])  # the other videos keep their per-video draw
+    # every frame's σ has the per-video distribution (the shifted logit-normal): same median
+    all_frames = draws(per_frame_sigma_fraction=1.0)
+    assert abs(all_frames.median().item() - per_video.median().item()) < 0.02
+
+
+def test_training_step_with_per_frame_sigma_noises_each_frame_at_its_own_level(monkeypatch):
+    module = tiny_teacher(per_frame_sigma_fraction=1.0)
+    pixels = torch.rand(2, TINY_FRAMES, 3, TINY_SIZE, TINY_SIZE) * 2 - 1
+    batch = {"pixels": pixels, "caption": ["a red circle", "a blue square"], "num_skipped": torch.tensor(0)}
+    seen = {}
+
+    def record(x0, context, sigma, noise):
+        seen["sigma"] = sigma
+        return TeacherModule.flow_matching_loss(module, x0, context, sigma, noise)
+
+    monkeypatch.setattr(module, "flow_matching_loss", record)
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    loss = module.training_step(batch, 0)
+    assert seen["sigma"].shape == (2, TINY_FRAMES) and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(uniform_sigma_fraction=1.5), "uniform_sigma_fraction=1.5 must be in"),
+    (dict(per_frame_sigma_fraction=-0.1), r"per_frame_sigma_fraction=-0.1 must be in"),
     (dict(guidance_interval=(0.8, 0.2)), r"guidance_interval=\(0.8, 0.2\) must be"),
 ])
 def test_bad_sigma_mixture_or_guidance_interval_is_rejected(bad, message):

@@ -3,6 +3,9 @@
 Loss (rectified flow, design §6):  L = E_{x0, ε, σ} || v_θ((1-σ)·x0 + σ·ε, σ, c) - (ε - x0) ||²
 with σ = shift(sigmoid(n)), n ~ N(0, 1) (logit-normal, then shifted towards high noise), and the caption
 dropped to "" with probability ``caption_dropout`` so that classifier-free guidance works at sampling.
+Optionally a share of the videos draw σ independently per frame (σ of shape (B, F), as in Diffusion
+Forcing / the Diffusion Forcing Transformer): a clean frame beside noisy ones makes the model carry an
+object's position from frame to frame, and makes the caption's direction worth knowing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class TeacherModule(L.LightningModule):
         uniform_sigma_fraction: share of the training σ drawn uniformly from (0, 1) instead; the shifted
             logit-normal almost never visits low noise (0.25 % of draws below σ = 0.15 at shift 3), where
             edges and the token-grid texture are settled.
+        per_frame_sigma_fraction: share of the training videos whose σ is drawn independently for each
+            frame (same distribution) instead of once per video; sampling and validation keep one σ per video.
         adaln_zero: initialise with adaLN-Zero (zero modulations and output; ``WanBackbone.adaln_zero_init_``);
             ``init_weights``, when given, replace it.
         sample_steps, sample_shift, guidance_scale: the Euler sampler (w in uncond + w·(cond − uncond)).
@@ -62,6 +67,7 @@ class TeacherModule(L.LightningModule):
         caption_dropout: float = 0.1,
         train_shift: float = 3.0,
         uniform_sigma_fraction: float = 0.0,
+        per_frame_sigma_fraction: float = 0.0,
         adaln_zero: bool = False,
         sample_steps: int = 48,
         sample_shift: float = 5.0,
@@ -84,6 +90,8 @@ class TeacherModule(L.LightningModule):
             problems.append(f"final_lr_fraction={final_lr_fraction} must be in [0, 1]")
         if not 0.0 <= uniform_sigma_fraction <= 1.0:
             problems.append(f"uniform_sigma_fraction={uniform_sigma_fraction} must be in [0, 1]")
+        if not 0.0 <= per_frame_sigma_fraction <= 1.0:
+            problems.append(f"per_frame_sigma_fraction={per_frame_sigma_fraction} must be in [0, 1]")
         if interval_problem := guidance_interval_problem(guidance_interval):
             problems.append(interval_problem)
         if problems:
@@ -112,15 +120,29 @@ class TeacherModule(L.LightningModule):
         return self.text_encoder(prompts).to(self.device)
 
     # --- training -------------------------------------------------------------------------------------
-    def draw_sigma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B,) training noise levels: σ = shift(sigmoid(n)), n ~ N(0, 1), shift = ``train_shift``; a share
-        ``uniform_sigma_fraction`` of them replaced by σ ~ U(0, 1)."""
-        n = torch.randn(batch_size, generator=generator, device=self.device)
+    def draw_sigma(self, batch_size: int, generator: torch.Generator | None = None,
+                   num_frames: int = 1) -> torch.Tensor:
+        """Training noise levels, (B,), or (B, F) when ``per_frame_sigma_fraction`` > 0.
+
+        σ = shift(sigmoid(n)), n ~ N(0, 1), shift = ``train_shift``, a share ``uniform_sigma_fraction`` of them
+        replaced by σ ~ U(0, 1); then a share ``per_frame_sigma_fraction`` of the videos get one such draw per
+        frame instead of one for the whole video.
+        """
+        sigma = self._draw_noise_levels((batch_size,), generator)
+        fraction = self.hparams.per_frame_sigma_fraction
+        if fraction > 0:  # no extra draws otherwise: the random stream of earlier runs is unchanged
+            per_frame = self._draw_noise_levels((batch_size, num_frames), generator)
+            pick = torch.rand(batch_size, 1, generator=generator, device=self.device) < fraction
+            sigma = torch.where(pick, per_frame, sigma[:, None])  # (B, F)
+        return sigma
+
+    def _draw_noise_levels(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        n = torch.randn(shape, generator=generator, device=self.device)
         sigma = shift_sigma(torch.sigmoid(n), self.hparams.train_shift)
         fraction = self.hparams.uniform_sigma_fraction
-        if fraction > 0:  # no extra draws otherwise: the random stream of earlier runs is unchanged
-            uniform = torch.rand(batch_size, generator=generator, device=self.device)
-            pick = torch.rand(batch_size, generator=generator, device=self.device) < fraction
+        if fraction > 0:
+            uniform = torch.rand(shape, generator=generator, device=self.device)
+            pick = torch.rand(shape, generator=generator, device=self.device) < fraction
             sigma = torch.where(pick, uniform, sigma)
         return sigma
 
@@ -138,7 +160,8 @@ class TeacherModule(L.LightningModule):
             "" if torch.rand(()) < self.hparams.caption_dropout else caption for caption in batch["caption"]
         ]
         context = self.encode_prompts(captions)
-        loss = self.flow_matching_loss(x0, context, self.draw_sigma(B), torch.randn_like(x0))
+        sigma = self.draw_sigma(B, num_frames=x0.shape[1])  # (B,) or (B, F)
+        loss = self.flow_matching_loss(x0, context, sigma, torch.randn_like(x0))
         finite = self.nonfinite.is_finite(self, loss, "flow-matching")
         self.log("train/nonfinite_skipped", float(self.nonfinite.skipped), batch_size=B)
         if not finite:
