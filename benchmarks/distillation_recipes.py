@@ -31,6 +31,12 @@ RECIPES = {
     "One-Forcing, shared flow pass + D every 5th, framewise": dict(objective="dmd+gan shared every5", block_size=1,
                                                                     steps=[1000]),
     "Consistency 1-step, framewise": dict(objective="cd", block_size=1, steps=[1000]),
+    # the cost of the reference's cross-block cache gradient: a generator step every iteration isolates it
+    "SF DMD 4-step, framewise, G every iteration, detached cache": dict(objective="dmd", block_size=1,
+                                                                       steps=[1000, 750, 500, 250], generator_every=1),
+    "SF DMD 4-step, framewise, G every iteration, cache_gradient": dict(objective="dmd", block_size=1,
+                                                                       steps=[1000, 750, 500, 250], generator_every=1,
+                                                                       cache_gradient=True),
 }
 GAN_TOY = dict(weight=0.03, feature_layers=[4, 5], num_registers=2)
 TOY = dict(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512, in_channels=12,
@@ -66,8 +72,8 @@ def run_one(spec: dict, iterations: int, warmup: int, batch_size: int) -> dict:
     }[kind]()
     module = DistillationModule(objectives, backbone=TOY, teacher_weights=None if kind == "ode" else teacher,
                                 generator_weights=teacher, block_size=spec["block_size"], denoising_steps=spec["steps"],
-                                generator_update_every=5 if kind.startswith("dmd") else 1,
-                                ema_start=0 if kind == "cd" else None)
+                                generator_update_every=spec.get("generator_every", 5 if kind.startswith("dmd") else 1),
+                                ema_start=0 if kind == "cd" else None, cache_gradient=spec.get("cache_gradient", False))
     g = torch.Generator().manual_seed(0)
     K = len(spec["steps"])
     batch = {"caption": ["a large red circle moving left quickly"] * batch_size,
@@ -132,6 +138,12 @@ def main() -> None:
         if dmd is not None:
             print(f"\nDMD+GAN / DMD-only iteration time, {name}: "
                   f"{gan['seconds_per_iteration'] / dmd['seconds_per_iteration']:.2f}x (goal <= 1.3x)", end="")
+    detached = results.get("SF DMD 4-step, framewise, G every iteration, detached cache")
+    kept = results.get("SF DMD 4-step, framewise, G every iteration, cache_gradient")
+    if detached and kept:
+        print(f"\ncache_gradient / detached cache: iteration time "
+              f"{kept['seconds_per_iteration'] / detached['seconds_per_iteration']:.2f}x, peak RSS "
+              f"{kept['peak_rss_mb'] / detached['peak_rss_mb']:.2f}x", end="")
     print()
 
 

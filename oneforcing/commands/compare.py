@@ -69,15 +69,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def table(groups: dict[str, list[dict]], metrics: list[str] | None) -> str:
     columns = metrics or list(dict.fromkeys(k for runs in groups.values() for r in runs for k, v in r["metrics"].items()
                                             if (isinstance(v, (int, float)) or v is None) and k not in HIDDEN))
-    header = "| method | steps | seeds | " + " | ".join(columns) + " |"
-    lines = [header, "|" + "---|" * (3 + len(columns))]
+    header = "| method | weights | steps | seeds | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * (4 + len(columns))]
     for label, runs in groups.items():
         cells = []
         for column in columns:
             mean, std = mean_std([r["metrics"].get(column) for r in runs])
             cells.append("–" if math.isnan(mean) else f"{mean:.3g} ± {std:.2g}")
         steps = sorted({r["steps"] for r in runs})
-        lines.append(f"| {label} | {','.join(map(str, steps))} | {len(runs)} | " + " | ".join(cells) + " |")
+        weights = ",".join(sorted({r.get("weights", "unrecorded") for r in runs}))  # EMA or raw generator
+        lines.append(f"| {label} | {weights} | {','.join(map(str, steps))} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

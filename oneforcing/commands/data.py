@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import track
 
 from oneforcing.data.shards import iterate_toy_samples, write_shards
+from oneforcing.data.toy_world import BACKGROUNDS
 
 VAL_SEED_OFFSET = 1_000_003  # the val split is a disjoint stream of the same world
 
@@ -26,6 +27,10 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--num-frames", "--num_frames", dest="num_frames", type=int, default=12)
     toy.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
     toy.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int, default=500)
+    toy.add_argument("--max-objects", "--max_objects", dest="max_objects", type=int, default=1,
+                     help="1 (the default world) or 2 (40 %% of videos with two objects, the earlier world)")
+    toy.add_argument("--background", type=str, default="flat", choices=list(BACKGROUNDS),
+                     help="flat (the default world) or textured (the earlier world)")
     sub.add_subcommand("toy", toy)
     from oneforcing.commands.trajectories import add_parser
 
@@ -34,7 +39,8 @@ def build_parser() -> ArgumentParser:
 
 
 def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, seed: int, num_frames: int = 12,
-                      size: int = 32, samples_per_shard: int = 500, progress: bool = True) -> dict:
+                      size: int = 32, samples_per_shard: int = 500, progress: bool = True, max_objects: int = 1,
+                      background: str = "flat") -> dict:
     """Write ``out/train`` and ``out/val``; returns both indexes."""
     problems = []
     if num_videos < 1:
@@ -45,16 +51,21 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
         problems.append(f"--size={size} must be a multiple of 4 and >= 16")
     if num_frames < 1:
         problems.append(f"--num-frames={num_frames} must be >= 1")
+    if max_objects not in (1, 2):
+        problems.append(f"--max-objects={max_objects} must be 1 or 2")
+    if background not in BACKGROUNDS:
+        problems.append(f"--background={background!r} must be one of {list(BACKGROUNDS)}")
     if problems:
         raise ValueError("Invalid toy data arguments: " + "; ".join(problems))
     result = {}
     for split, count, split_seed in (("train", num_videos, seed), ("val", num_val_videos, seed + VAL_SEED_OFFSET)):
         if count == 0:
             continue
-        samples = iterate_toy_samples(split_seed, count, num_frames, size)
+        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background)
         if progress:
             samples = track(samples, total=count, description=f"toy {split}")
-        meta = dict(world="toy", seed=split_seed, num_frames=num_frames, size=size)
+        meta = dict(world="toy", seed=split_seed, num_frames=num_frames, size=size, max_objects=max_objects,
+                    background=background)
         result[split] = write_shards(samples, Path(out) / split, samples_per_shard, meta=meta)
     return result
 
@@ -69,6 +80,6 @@ def data_command(argv: list[str]) -> None:
         c = cfg.toy
         start = time.perf_counter()
         indexes = write_toy_dataset(c.out, c.num_videos, c.num_val_videos, c.seed, c.num_frames, c.size,
-                                    c.samples_per_shard)
+                                    c.samples_per_shard, max_objects=c.max_objects, background=c.background)
         counts = ", ".join(f"{k}: {v['total']} videos in {len(v['shards'])} shards" for k, v in indexes.items())
         Console().print(f"[green]Wrote {counts} to {c.out} in {time.perf_counter() - start:.1f} s")

@@ -23,7 +23,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from oneforcing.data.toy_world import make_video
-from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.sampling.schedules import student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
@@ -51,6 +51,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--long-frames", "--long_frames", dest="long_frames", type=int, default=48,
                    help="frames of the drift roll-out (students only; 0 disables), >= 4x the training length")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    p.add_argument("--ema", type=bool | None, default=None,
+                   help="students: true the generator's EMA weights, false its raw weights (default: the EMA when "
+                        "present); the report records which were used")
     return p
 
 
@@ -72,15 +75,17 @@ def resolve_checkpoint(checkpoint: str | None, run: str | None) -> Path:
                             "(in itself or a version_* folder): was the run trained with the ExportWeights callback?")
 
 
-def real_toy_set(num_videos: int, seed: int, num_frames: int = 12, size: int = 32) -> tuple[torch.Tensor, list[str]]:
-    """Held-out real toy videos (N, F, 3, H, W) in [-1, 1] and their captions."""
-    videos = [make_video(seed, i, num_frames=num_frames, size=size) for i in range(num_videos)]
+def real_toy_set(num_videos: int, seed: int, num_frames: int = 12, size: int = 32, max_objects: int = 1,
+                 background: str = "flat") -> tuple[torch.Tensor, list[str]]:
+    """Held-out real toy videos (N, F, 3, H, W) in [-1, 1] and their captions (the default world's)."""
+    videos = [make_video(seed, i, num_frames=num_frames, size=size, max_objects=max_objects, background=background)
+              for i in range(num_videos)]
     pixels = torch.from_numpy(np.stack([v.pixels for v in videos])).float() / 127.5 - 1.0
     return pixels, [v.caption for v in videos]
 
 
 def sample(module, prompts: list[str], seed: int, steps: int | None, batch_size: int,
-           num_frames: int | None = None, window: int | None = None) -> torch.Tensor:
+           num_frames: int | None = None, window: int | None = None, use_ema: bool = True) -> torch.Tensor:
     """Pixel videos (N, F, 3, H, W): the student's streaming sampler, or the teacher's Euler sampler."""
     videos = []
     with torch.no_grad():
@@ -88,7 +93,7 @@ def sample(module, prompts: list[str], seed: int, steps: int | None, batch_size:
             chunk = prompts[start: start + batch_size]
             if isinstance(module, DistillationModule):
                 hp = module.hparams
-                generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window)
+                generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window, use_ema=use_ema)
                 sigmas = student_sigmas(steps, hp.warp_shift) if steps else module.step_sigmas
                 sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas)
                 latents = sampler.sample(module.encode_prompts(chunk), num_frames or hp.num_frames,
@@ -105,7 +110,7 @@ def default_steps(module) -> int:
 
 def markdown(report: dict) -> str:
     lines = [f"# {report['label']} (seed {report['seed']})", "",
-             f"`{report['checkpoint']}`, {report['num_videos']} videos at {report['steps']} steps "
+             f"`{report['checkpoint']}` ({report['weights']} weights), {report['num_videos']} videos at {report['steps']} steps "
              f"against held-out real toy videos (seed {report['real_seed']}).", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in report["metrics"].items() if isinstance(v, (int, float))]
     for steps, metrics in report["sweep"].items():
@@ -116,7 +121,7 @@ def markdown(report: dict) -> str:
 
 def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, num_videos: int = 64,
                         real_seed: int = REAL_SEED, steps: int | None = None, steps_sweep: list[int] = (),
-                        long_frames: int = 48, batch_size: int = 32) -> dict:
+                        long_frames: int = 48, batch_size: int = 32, ema: bool | None = None) -> dict:
     """Generate, score and write the report; returns it."""
     from oneforcing.evaluation.feature_net import load_feature_net
     from oneforcing.evaluation.metrics import evaluate_videos, per_frame_curves
@@ -131,14 +136,17 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
     real, prompts = real_toy_set(num_videos, real_seed, num_frames, module.hparams.frame_size)
     for prompt in prompts:  # prompts outside the model's vocabulary fail here, before any sampling
         module.encode_prompts([prompt])
+    weights = weights_choice(module, ema)
+    use_ema = weights == "ema"
     net = load_feature_net()
     steps = steps or default_steps(module)
-    fake = sample(module, prompts, seed, steps, batch_size)
+    fake = sample(module, prompts, seed, steps, batch_size, use_ema=use_ema)
     long_fake = None
     if isinstance(module, DistillationModule) and long_frames:
-        long_fake = sample(module, prompts, seed, steps, batch_size, num_frames=long_frames, window=num_frames)
+        long_fake = sample(module, prompts, seed, steps, batch_size, num_frames=long_frames, window=num_frames,
+                           use_ema=use_ema)
     report = {
-        "label": label, "seed": seed, "checkpoint": str(checkpoint), "module": type(module).__name__,
+        "label": label, "seed": seed, "checkpoint": str(checkpoint), "module": type(module).__name__, "weights": weights,
         "steps": steps, "num_videos": num_videos, "real_seed": real_seed, "long_frames": long_frames if long_fake is not None else 0,
         "metrics": evaluate_videos(fake, real, prompts, net, long_fake=long_fake, window=num_frames),
         "curves": per_frame_curves(fake, real, long_fake=long_fake, window=num_frames),
@@ -146,8 +154,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
     }
     for extra in steps_sweep:
         if extra != steps:
-            report["sweep"][str(extra)] = evaluate_videos(sample(module, prompts, seed, extra, batch_size), real,
-                                                          prompts, net)
+            report["sweep"][str(extra)] = evaluate_videos(sample(module, prompts, seed, extra, batch_size,
+                                                                 use_ema=use_ema), real, prompts, net)
     report["sweep"][str(steps)] = {k: v for k, v in report["metrics"].items() if not k.startswith("drift")}
     out.mkdir(parents=True, exist_ok=True)
     clean = json.loads(json.dumps(report, default=float), parse_constant=lambda c: None)  # NaN -> null
@@ -164,6 +172,6 @@ def evaluate_command(argv: list[str]) -> None:
     checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.run)
     label = cfg.label or (Path(cfg.run).name if cfg.run else checkpoint.stem)
     report = evaluate_checkpoint(checkpoint, Path(cfg.out), label, cfg.seed, cfg.num_videos, cfg.real_seed, cfg.steps,
-                                 cfg.steps_sweep, cfg.long_frames, cfg.batch_size)
+                                 cfg.steps_sweep, cfg.long_frames, cfg.batch_size, cfg.ema)
     shown = {k: round(v, 4) for k, v in report["metrics"].items() if isinstance(v, float) and not math.isnan(v)}
-    Console().print(f"[green]{label}[/green] ({report['steps']} steps): {shown}\nWrote {cfg.out}/metrics.json and metrics.md")
+    Console().print(f"[green]{label}[/green] ({report['steps']} steps, {report['weights']} weights): {shown}\nWrote {cfg.out}/metrics.json and metrics.md")

@@ -15,7 +15,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
 from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import write_video
@@ -51,7 +51,9 @@ def build_parser() -> ArgumentParser:
                    help="streaming: latent frames to generate (default: the training length)")
     p.add_argument("--window", type=int | None, default=None, help="streaming: rolling attention window in frames")
     p.add_argument("--sink", type=int, default=0, help="streaming: sink frames kept in the rolling window")
-    p.add_argument("--ema", type=bool, default=True, help="streaming: use the generator's EMA weights if present")
+    p.add_argument("--ema", type=bool | None, default=None,
+                   help="students: true the generator's EMA weights, false its raw weights (default: the EMA when "
+                        "present); the output says which were used")
     p.add_argument("--shift", type=float | None, default=None,
                    help="shift of the σ schedule (euler: default the module's sample_shift; streaming: of the "
                         "warped step list, default 5)")
@@ -101,7 +103,8 @@ def sample_command(argv: list[str]) -> None:
         trained = dict(module.hparams)  # a distilled student's own layout and schedule are the defaults
         block_size = cfg.block_size or trained.get("block_size", 1)
         first_block_size = cfg.first_block_size or trained.get("first_block_size")
-        generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, cfg.ema)
+        weights = weights_choice(module, cfg.ema)
+        generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, weights == "ema")
         shift = STUDENT_SHIFT if cfg.shift is None else cfg.shift
         steps = student_sigmas(cfg.steps, shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
         first = (student_sigmas(cfg.first_block_steps, shift) if cfg.first_block_steps
@@ -121,5 +124,5 @@ def sample_command(argv: list[str]) -> None:
                                          guidance_interval=cfg.guidance_interval)
             for i, (prompt, video) in enumerate(zip(chunk, videos)):
                 written.append(write_video(out / f"{start + i:04d}_{slug(prompt)}.{cfg.format}", video))
-    Console().print(f"[green]Wrote {len(written)} videos to {out}/ "
-                    f"({'streaming' if use_streaming else 'euler'} sampler)")
+    used = f"streaming sampler, {weights} weights" if use_streaming else "euler sampler, teacher weights"
+    Console().print(f"[green]Wrote {len(written)} videos to {out}/ ({used})")

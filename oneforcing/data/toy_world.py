@@ -1,10 +1,12 @@
 """The built-in procedural text-to-video world (design §4).
 
-Each video shows one or two shapes of named colour and size moving in a named direction at a named
-speed, bouncing off the borders, over a textured background. Each object starts in the part of its path
+Each video shows a shape of named colour and size moving in a named direction at a named speed,
+bouncing off the borders, over a flat background of a random muted colour (the default world: one object,
+so that E[x0 | x_σ, caption] has a closed form over a bank of the caption's videos; two objects and a
+textured background remain options, ``max_objects=2``, ``background="textured"``). Each object starts in the part of its path
 that it moves away from (``START_SPAN``), so that a video played backwards is not a video of its caption.
 The caption under-specifies the video on purpose: start position, exact speed and size, and the background
-are random, so many videos fit one caption (the multimodality that makes one-step generation hard).
+colour are random, so many videos fit one caption (the multimodality that makes one-step generation hard).
 Ground-truth attributes and per-frame centroids are returned beside the pixels so that metrics can be exact.
 
 Everything is a pure function of (seed, index): the same seed gives the same videos on any machine.
@@ -13,6 +15,7 @@ Everything is a pure function of (seed, index): the same seed gives the same vid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +27,8 @@ _SUPERSAMPLE = 4  # anti-aliasing: edges are clean, so blur is measurable agains
 # of the same caption (a bounce sends the object back), so left/right and up/down were nearly the same
 # video distribution and a teacher learned the axis but not the sign; with the trailing third, 5 %.
 START_SPAN = 1.0 / 3.0
+Background = Literal["flat", "textured"]
+BACKGROUNDS: tuple[str, ...] = ("flat", "textured")
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,13 @@ def _shape_coverage(shape: str, cx: float, cy: float, r: float, size: int) -> np
     return inside.reshape(size, s, size, s).mean(axis=(1, 3)).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A muted base colour with low-frequency waves and fine grain, (H, W, 3) float32 in [0, 255]."""
+def _background(rng: np.random.Generator, size: int, kind: Background = "flat") -> np.ndarray:
+    """A muted base colour, flat or with low-frequency waves and fine grain, (H, W, 3) float32 in [0, 255]."""
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"Unknown background {kind!r}; use one of {BACKGROUNDS}.")
     base = rng.uniform(25, 95, size=3)
+    if kind == "flat":
+        return np.broadcast_to(base[None, None], (size, size, 3)).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     texture = np.zeros((size, size), np.float32)
     for _ in range(3):
@@ -88,21 +97,68 @@ def _start(u: float, velocity: float, lo: float, hi: float) -> float:
     return lo + span * u
 
 
-def make_video(seed: int, index: int, num_frames: int = 12, size: int = 32, max_objects: int = 2) -> ToyVideo:
-    """Render video ``index`` of the world with ``seed``; deterministic in (seed, index)."""
+def make_video(seed: int, index: int, num_frames: int = 12, size: int = 32, max_objects: int = 1,
+               background: Background = "flat") -> ToyVideo:
+    """Render video ``index`` of the world with ``seed``; deterministic in (seed, index).
+
+    ``max_objects=2`` gives the earlier world's 40 % of two-object videos; ``background="textured"`` its
+    textured backgrounds.
+    """
+    if max_objects not in (1, 2):
+        raise ValueError(f"max_objects={max_objects}: the toy world has one or two objects.")
     rng = np.random.default_rng([seed, index])
-    scale = size / 32.0
     num_objects = 1 if max_objects == 1 or rng.random() < 0.6 else 2
     colour_names = rng.choice(list(COLOURS), size=num_objects, replace=False)
-    frame = _background(rng, size)
+    frame = _background(rng, size, background)
+    named = []
+    for k in range(num_objects):
+        shape, size_name = str(rng.choice(SHAPES)), str(rng.choice(list(SIZES)))
+        direction, speed_name = str(rng.choice(list(DIRECTIONS))), str(rng.choice(list(SPEEDS)))
+        named.append(dict(shape=shape, colour=str(colour_names[k]), size=size_name, direction=direction,
+                          speed=speed_name))
+    return _render(rng, frame, named, num_frames, size, seed, index)
+
+
+CAPTION_WORDS = ("size", "colour", "shape", "direction", "speed")
+
+
+def parse_caption(caption: str) -> list[dict[str, str]]:
+    """The named attributes of each object of a toy caption ('a large red circle moving left quickly')."""
+    vocabulary = dict(size=SIZES, colour=COLOURS, shape=SHAPES, direction=DIRECTIONS, speed=SPEEDS)
+    objects = []
+    for phrase in caption.split(" and "):
+        words = phrase.split()  # a <size> <colour> <shape> moving <direction> <speed>
+        if len(words) != 7 or words[0] != "a" or words[4] != "moving":
+            raise ValueError(f"{caption!r} is not a toy caption: each object reads "
+                             "'a <size> <colour> <shape> moving <direction> <speed>'.")
+        named = dict(zip(CAPTION_WORDS, (words[1], words[2], words[3], words[5], words[6])))
+        unknown = [f"{k}={v!r}" for k, v in named.items() if v not in vocabulary[k]]
+        if unknown:
+            raise ValueError(f"{caption!r} names {', '.join(unknown)}, outside the toy vocabulary.")
+        objects.append(named)
+    return objects
+
+
+def make_video_of(caption: str, seed: int, index: int, num_frames: int = 12, size: int = 32,
+                  background: Background = "flat") -> ToyVideo:
+    """A video of ``caption``: its named attributes fixed, the rest (start, exact size and speed, background)
+    drawn as the world draws them; deterministic in (caption, seed, index). Builds banks of a caption's videos."""
+    named = parse_caption(caption)
+    key = [ord(c) for c in caption]
+    rng = np.random.default_rng([seed, index, *key])
+    frame = _background(rng, size, background)
+    return _render(rng, frame, named, num_frames, size, seed, index)
+
+
+def _render(rng: np.random.Generator, frame: np.ndarray, named: list[dict[str, str]], num_frames: int, size: int,
+            seed: int, index: int) -> ToyVideo:
+    """Draw each named object's free variables from ``rng`` and render the frames over ``frame``."""
+    scale = size / 32.0
     frames = np.repeat(frame[None], num_frames, axis=0)  # (F, H, W, 3)
     objects, phrases = [], []
-    for k in range(num_objects):
-        shape = str(rng.choice(SHAPES))
-        size_name = str(rng.choice(list(SIZES)))
-        direction = str(rng.choice(list(DIRECTIONS)))
-        speed_name = str(rng.choice(list(SPEEDS)))
-        colour = str(colour_names[k])
+    for obj in named:
+        shape, colour, size_name = obj["shape"], obj["colour"], obj["size"]
+        direction, speed_name = obj["direction"], obj["speed"]
         radius = SIZES[size_name] * scale * rng.uniform(0.9, 1.1)
         speed = SPEEDS[speed_name] * scale * rng.uniform(0.8, 1.2)
         lo, hi = radius, size - radius

@@ -59,6 +59,21 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
     return module.eval()
 
 
+def weights_choice(module: L.LightningModule, ema: bool | None) -> str:
+    """Which generator weights a sampler of ``module`` uses: 'ema', 'raw', or 'teacher' (a bidirectional teacher).
+
+    ``ema`` None: the EMA when the module has one, else the raw generator; True: the EMA, an error without
+    one; False: the raw generator. (EMA against raw moves the One-Forcing authors' VBench total by up to 2.7
+    points either way, so every report says which it used.)
+    """
+    if not hasattr(module, "generator_weights"):
+        return "teacher"
+    if ema and not module.has_ema:
+        raise ValueError("This checkpoint holds no EMA of its generator (ema_start null or not reached); "
+                         "use --ema false for the raw generator.")
+    return "ema" if (module.has_ema if ema is None else ema) else "raw"
+
+
 def causal_generator_from(module: L.LightningModule, block_size: int = 1, first_block_size: int | None = None,
                           window_frames: int | None = None, sink_frames: int = 0, use_ema: bool = True):
     """The causal generator held by ``module`` with the requested block layout.

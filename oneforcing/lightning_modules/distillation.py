@@ -59,6 +59,12 @@ class DistillationModule(L.LightningModule):
         first_block_steps: nominal steps of the first block (default: ``denoising_steps``).
         gradient_window_frames: frames (at the tail) whose exit step carries gradient (None: all).
         context_sigma: σ of the roll-out's context pass.
+        cache_gradient: let a later block's gradient reach earlier blocks through the cached keys and values
+            (straight through to their exit-step K/V projections), as the official Self-Forcing / One-Forcing
+            roll-out does (algorithm-notes §3.3); off by default: the cache is detached between blocks.
+        negative_prompt: the text whose embedding is the unconditional CFG branch (DMD's real score, the
+            consistency teacher). The Wan references use Wan's standard negative prompt
+            (``oneforcing.models.text_encoders.WAN_NEGATIVE_PROMPT``); the toy uses "" (all-zero context).
         generator_lr, critic_lr, betas, weight_decay: AdamW of each trainable role.
         generator_update_every: one generator step per this many iterations (critic every iteration).
         generator_grad_clip, critic_grad_clip: max gradient norms.
@@ -67,6 +73,7 @@ class DistillationModule(L.LightningModule):
         nonfinite_patience: consecutive non-finite losses skipped before the run stops with an error.
     """
 
+    # pragma: no mutate block (Lightning's save_hyperparameters reads this frame; mutmut's trampoline hides it)
     def __init__(
         self,
         objectives: list[Objective],
@@ -86,6 +93,8 @@ class DistillationModule(L.LightningModule):
         warp_shift: float = 5.0,
         gradient_window_frames: int | None = None,
         context_sigma: float = 0.0,
+        cache_gradient: bool = False,
+        negative_prompt: str = "",
         generator_lr: float = 1e-5,
         critic_lr: float = 1e-5,
         betas: tuple[float, float] = (0.0, 0.999),
@@ -139,6 +148,11 @@ class DistillationModule(L.LightningModule):
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
         problems += self.backbone_config.io_problems(self.codec, self.text_encoder)
+        if isinstance(self.text_encoder, ToyTextEncoder):
+            try:
+                self.text_encoder.tokenize(hp.negative_prompt)
+            except ValueError as error:
+                problems.append(f"negative_prompt: {error} (the toy's unconditional context is \"\")")
         if hp.gradient_window_frames is not None and not 0 < hp.gradient_window_frames <= hp.num_frames:
             problems.append(f"gradient_window_frames={hp.gradient_window_frames} must be in [1, num_frames={hp.num_frames}]")
         try:
@@ -204,8 +218,11 @@ class DistillationModule(L.LightningModule):
         problems = [p for o in self.objectives for p in o.check_data(index)]
         if problems:
             raise ValueError("The training data do not fit the objectives:\n  - " + "\n  - ".join(problems))
-        rank = self.global_rank
-        self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)  # per-rank noise; shared_rng stays equal
+        self.seed_generators(self.global_rank)
+
+    def seed_generators(self, rank: int) -> None:
+        """Per-rank noise (rank_rng) and rank-shared draws (shared_rng, e.g. the exit step), or the restored states."""
+        self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)
         self.shared_rng.manual_seed(self.hparams.seed)
         if self._restored_rng is not None:
             self.shared_rng.set_state(self._restored_rng["shared"])
@@ -243,6 +260,14 @@ class DistillationModule(L.LightningModule):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder(prompts).to(self.device)
 
+    def uncond_context(self, batch_size: int) -> torch.Tensor:
+        """(B, L, D) embedding of ``negative_prompt``, encoded once and repeated (the references cache it too)."""
+        if self._negative_embedding is None or self._negative_embedding.device != self.device:
+            self._negative_embedding = self.encode_prompts([self.hparams.negative_prompt]).detach()
+        return self._negative_embedding.expand(batch_size, *self._negative_embedding.shape[1:])
+
+    _negative_embedding: torch.Tensor | None = None
+
     def latent_shape(self) -> tuple[int, int, int]:
         size = self.hparams.frame_size
         height, width = (size, size) if isinstance(size, int) else size
@@ -263,7 +288,8 @@ class DistillationModule(L.LightningModule):
             with torch.set_grad_enabled(grad):
                 return self_forcing_rollout(self.generator, context, self._noise, hp.num_frames, self.latent_shape(),
                                             self.step_sigmas, exit_index, self.first_block_sigmas, first_exit,
-                                            window, grad=grad, context_sigma=hp.context_sigma)
+                                            window, grad=grad, context_sigma=hp.context_sigma,
+                                            cache_gradient=hp.cache_gradient)
 
         return StepContext(
             batch=batch, context=context, uncond_context=uncond_context,
@@ -290,7 +316,7 @@ class DistillationModule(L.LightningModule):
         head_opts = optimizers[2:]  # objectives' own optimizers (e.g. a GAN head), stepped with the critic's
         iteration = int(self.iteration)
         logs = {}
-        prompts = (self.encode_prompts(batch["caption"]), self.encode_prompts([""] * len(batch["caption"])))
+        prompts = (self.encode_prompts(batch["caption"]), self.uncond_context(len(batch["caption"])))
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
         if generator_due:
             if self.critic is not None:
@@ -370,15 +396,19 @@ class DistillationModule(L.LightningModule):
     def generator_config(self) -> WanConfig:
         return self.backbone_config
 
+    @property
+    def has_ema(self) -> bool:
+        """Whether an EMA of the generator exists and has been initialised (``ema_start`` reached)."""
+        return self.generator_ema is not None and bool(self.ema_initialised)
+
     def generator_weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        source = self.generator_ema if use_ema and self.generator_ema is not None and bool(self.ema_initialised) else self.generator
-        return source.state_dict()
+        return (self.generator_ema if use_ema and self.has_ema else self.generator).state_dict()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,
                  guidance_scale: float | None = None, use_ema: bool = True) -> torch.Tensor:
         """Pixel videos (B, F, 3, H, W) from the streaming sampler with the training schedule."""
-        source = self.generator_ema if use_ema and self.generator_ema is not None and bool(self.ema_initialised) else self.generator
+        source = self.generator_ema if use_ema and self.has_ema else self.generator
         sampler = StreamingSampler(source, self.step_sigmas, first_block_sigmas=self.first_block_sigmas)
         latents = sampler.sample(self.encode_prompts(prompts), self.hparams.num_frames, self.latent_shape(),
                                  per_prompt_generators(seed, len(prompts)))

@@ -33,6 +33,12 @@ class KVCache:
     design §6): ``k``, ``v``: (layers, B, capacity·T, heads, head_dim), T = tokens per frame. ``frames`` lists
     the absolute frame index held by each slot. Keys are stored already rotated (absolute positions).
 
+    ``keep_gradient`` (the official roll-out's behaviour, algorithm-notes §3.3): the K/V of every
+    grad-enabled call are remembered per block, and a later grad-enabled call reads each remembered block's
+    slots as ``buffer + (k - sg(k))``: the values are the buffer's (the context pass's), the gradient flows
+    straight through to that block's exit-step K/V projections. A block partly evicted by a rolling window
+    loses this path.
+
     Call protocol, once per forward at frame offset s with n frames:
       * s == next frame: the block is appended; with a rolling window the oldest non-sink frames are evicted
         first (sink frames, the first ``sink_frames`` ever written, are kept);
@@ -43,7 +49,8 @@ class KVCache:
 
     def __init__(self, num_layers: int, batch_size: int, tokens_per_frame: int, num_heads: int, head_dim: int,
                  capacity_frames: int, sink_frames: int = 0, max_block_frames: int = 1,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 keep_gradient: bool = False) -> None:
         if capacity_frames < max_block_frames + sink_frames:
             raise ValueError(
                 f"A KV cache of {capacity_frames} frames cannot hold {sink_frames} sink frames plus a block of "
@@ -55,6 +62,8 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.keep_gradient = keep_gradient
+        self.grad_kv: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in range(num_layers)]
         self.reset()
 
     def reset(self) -> None:
@@ -65,6 +74,7 @@ class KVCache:
         self.current: tuple[int, int] = (0, 0)  # token slots [lo, hi) of this call's frames
         self.context: torch.Tensor | None = None
         self.cross = [None] * len(self.cross)
+        self.grad_kv = [{} for _ in self.grad_kv]
 
     def check_inputs(self, batch_size: int, context: torch.Tensor) -> None:
         if batch_size != self.batch_size:
@@ -105,6 +115,33 @@ class KVCache:
     def num_cached_frames(self) -> int:
         return len(self.frames)
 
+    def remember(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep this call's grad-carrying K/V (B, n·T, H, D) for later calls (``keep_gradient`` only)."""
+        if self.keep_gradient:
+            self.grad_kv[layer][self.last_block[0]] = (k, v)
+
+    def history(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of slots [0, end) (the frames before this call), with the straight-through path when kept."""
+        k, v = self.k[layer, :, :end], self.v[layer, :, :end]
+        if not self.grad_kv[layer]:
+            return k, v
+        T = self.tokens_per_frame
+        k_parts, v_parts, pos = [], [], 0
+        for start, (gk, gv) in sorted(self.grad_kv[layer].items()):
+            n = gk.shape[1] // T
+            if self.frames.count(start) == 0:
+                continue  # evicted
+            slot = self.frames.index(start)
+            lo, hi = slot * T, (slot + n) * T
+            if hi > end or self.frames[slot:slot + n] != list(range(start, start + n)):
+                continue  # this call's own block, or partly evicted
+            k_parts += [k[:, pos:lo], k[:, lo:hi] + (gk - gk.detach())]
+            v_parts += [v[:, pos:lo], v[:, lo:hi] + (gv - gv.detach())]
+            pos = hi
+        k_parts.append(k[:, pos:])
+        v_parts.append(v[:, pos:])
+        return torch.cat(k_parts, dim=1), torch.cat(v_parts, dim=1)
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of x (B, S, H, D) by Wan's (1, S, 1, D) tables (real form of x·e^{iθ})."""
@@ -143,9 +180,10 @@ class CausalSelfAttnProcessor:
             lo, hi = cache.current  # this call's frames are the last slots of the buffer
             cache.k[self.layer, :, lo:hi] = k.detach()
             cache.v[self.layer, :, lo:hi] = v.detach()
-            if k.requires_grad:  # gradient reaches this block's own K/V only; earlier blocks are detached
-                keys = torch.cat([cache.k[self.layer, :, :lo], k], dim=1)
-                values = torch.cat([cache.v[self.layer, :, :lo], v], dim=1)
+            if k.requires_grad:  # gradient reaches this block's own K/V (and, kept, earlier blocks' exit-step K/V)
+                past_k, past_v = cache.history(self.layer, lo)
+                keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
+                cache.remember(self.layer, k, v)
             else:
                 keys, values = cache.k[self.layer, :, :hi], cache.v[self.layer, :, :hi]
             out = _attend(q, keys, values, None)

@@ -123,8 +123,12 @@ class CausalWanBackbone(WanBackbone):
         return self._run(x, self._per_frame(sigma, n), context, cache=cache, frame_positions=positions)
 
     def new_cache(self, batch_size: int, height: int, width: int, num_frames: int,
-                  dtype: torch.dtype | None = None, device: torch.device | None = None) -> KVCache:
-        """A cache for a roll-out of ``num_frames`` (or the rolling window, whichever is smaller)."""
+                  dtype: torch.dtype | None = None, device: torch.device | None = None,
+                  keep_gradient: bool = False) -> KVCache:
+        """A cache for a roll-out of ``num_frames`` (or the rolling window, whichever is smaller).
+
+        ``keep_gradient``: the cross-block gradient path of the official roll-out (see ``KVCache``).
+        """
         cfg = self.config
         parameter = next(self.parameters())
         capacity = num_frames if self.window_frames is None else min(self.window_frames, num_frames)
@@ -134,5 +138,5 @@ class CausalWanBackbone(WanBackbone):
             num_heads=cfg.num_attention_heads, head_dim=cfg.attention_head_dim, capacity_frames=capacity,
             sink_frames=self.sink_frames if self.window_frames is not None and self.window_frames < num_frames else 0,
             max_block_frames=min(largest_block, num_frames),
-            dtype=dtype or parameter.dtype, device=device or parameter.device,
+            dtype=dtype or parameter.dtype, device=device or parameter.device, keep_gradient=keep_gradient,
         )

@@ -5,6 +5,8 @@ Causal Forcing (CF++) as described in algorithm-notes §6.4; consistency models 
     k ~ U{0..N-2};  σ = σ_k, σ' = σ_{k+1} (one value for every frame)
     x_σ  = (1-σ)·x_gt + σ·ε
     x_σ' = x_σ + (σ' - σ)·v_teacher(x_σ, σ)          (one CFG Euler step of the teacher, no gradient)
+    v_teacher = uncond + w·(cond - uncond),  w = 3   (Causal Forcing's CD teacher: the *standard* CFG form
+                                                     with weight 3, unlike its DMD real score's g = 3, i.e. w = 4)
     L_CD = mean( (x0_G(x_σ, σ) - sg(x0_EMA(x_σ', σ')))² )
 The student and the EMA target run in teacher-forcing mode with the ground-truth clean context (or the
 block-causal forward with ``teacher_forcing: false``). No boundary condition at the smallest σ (as in CF).
@@ -26,14 +28,16 @@ class ConsistencyDistillation(Objective):
         weight: loss weight.
         num_grid_steps: the discrete grid (48 in Causal Forcing).
         grid_shift: its shift (5).
-        guidance_scale: teacher CFG weight w (Causal Forcing's g = 3 is w = 4).
+        guidance_scale: teacher CFG weight w in uncond + w·(cond − uncond). Causal Forcing's CD teacher uses
+            uncond + 3·(cond − uncond), i.e. w = 3 (its "guidance 3.0" is in the standard form here, not the
+            DMD form cond + g·(cond − uncond)).
         teacher_forcing: student and target see the ground-truth clean earlier blocks.
     """
 
     roles = ("generator", "teacher")
 
     def __init__(self, weight: float = 1.0, num_grid_steps: int = 48, grid_shift: float = 5.0,
-                 guidance_scale: float = 4.0, teacher_forcing: bool = True) -> None:
+                 guidance_scale: float = 3.0, teacher_forcing: bool = True) -> None:
         super().__init__(weight)
         if num_grid_steps < 2:
             raise ValueError(f"num_grid_steps={num_grid_steps}: the consistency grid needs at least 2 steps.")

@@ -5,7 +5,9 @@ step's x0 prediction is the block's output and carries gradient when the block o
 window; a no-grad context pass then rewrites the block's cache slots with the clean output. The exit step
 is drawn once per iteration and shared by all blocks (the first block, when it has its own schedule, gets
 its own draw); the draw comes from a generator seeded identically on every rank, so ranks agree without a
-broadcast. The cache is detached between blocks (design §6).
+broadcast. The cache is detached between blocks (design §6) unless ``cache_gradient``: then a later block's
+gradient also reaches earlier blocks through their cached keys and values, as in the official roll-out
+(algorithm-notes §3.3; the values read are the context pass's, the gradient goes to the exit step's K/V).
 
 Deliberate deviation: the context pass uses σ_ctx exactly (0 → the clean block); the reference's
 nearest-table lookup adds σ≈0.005 noise in training only.
@@ -51,13 +53,14 @@ def self_forcing_rollout(
     latent_shape: tuple[int, int, int], step_sigmas: Sequence[float], exit_index: int,
     first_block_sigmas: Sequence[float] | None = None, first_exit_index: int | None = None,
     window: torch.Tensor | None = None, grad: bool = True, context_sigma: float = 0.0,
+    cache_gradient: bool = False,
 ) -> Rollout:
     """Roll the generator out block by block; ``noise_fn(shape)`` supplies every noise draw."""
     B = context.shape[0]
     C, H, W = latent_shape
     device = context.device
     window = gradient_window(num_frames, None) if window is None else window
-    cache = generator.new_cache(B, H, W, num_frames, device=device)
+    cache = generator.new_cache(B, H, W, num_frames, device=device, keep_gradient=cache_gradient and grad)
     outputs, grad_frames = [], torch.zeros(num_frames, dtype=torch.bool)
     first_exit = exit_index if first_exit_index is None else first_exit_index
     for b, (start, n) in enumerate(generator.layout(num_frames).blocks):
