@@ -106,3 +106,25 @@ def test_pixel_noise_does_not_break_the_measure(real):
     noisy = (videos[:16] + 0.1 * torch.randn(videos[:16].shape, generator=generator)).clamp(-1, 1)
     scores = attribute_accuracy(noisy, captions[:16])
     assert scores["found"] == 1.0 and scores["colour"] >= 0.9 and scores["shape"] >= 0.8, scores
+
+
+def test_an_object_larger_than_any_of_the_world_is_found_and_reported_wrong_sized():
+    """A blob covering ~45 % of the frame is not "not found": it is found, wrong-sized, and its colour reads."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    background = torch.tensor([-0.6, -0.5, -0.7]).view(3, 1, 1)
+    red = torch.tensor([230, 40, 40]).float().view(3, 1, 1) / 127.5 - 1
+    frames = []
+    for f in range(12):
+        inside = ((xx - (10.0 + f)) ** 2 + (yy - 16.0) ** 2 <= 12.0**2).float()  # radius 12: ~44 % of 32x32
+        frames.append(background * (1 - inside) + red * inside)
+    video = torch.stack(frames)  # (12, 3, 32, 32)
+    measured = measure_video(video)
+    assert measured["found"] and measured["wrong_size"] and measured["area"] > 0.3
+    assert measured["colour"] == "red" and measured["direction"] == "right"
+    scores = attribute_accuracy(video[None], ["a large red circle moving right slowly"])
+    assert scores["found"] == 1.0 and scores["wrong_size"] == 1.0
+
+
+def test_the_worlds_own_objects_are_never_wrong_sized(real):
+    videos, captions = real
+    assert attribute_accuracy(videos, captions)["wrong_size"] == 0.0

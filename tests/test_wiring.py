@@ -378,8 +378,8 @@ def test_gradient_reaches_an_earlier_block_through_the_cache_only_when_asked(cac
     outputs = {}
     for keep in (False, True):
         gen, first_noise = torch.Generator().manual_seed(0), []
-        rollout = self_forcing_rollout(generator, context, noise_fn, 3, (12, 4, 4), [1.0], 0, grad=True,
-                                       cache_gradient=keep)
+        options = dict(cache_gradient=True) if keep else {}  # the defaults: with gradient, detached cache
+        rollout = self_forcing_rollout(generator, context, noise_fn, 3, (12, 4, 4), [1.0], 0, **options)
         outputs[keep] = (rollout.latents, first_noise[0])
     latents_, noise0 = outputs[cache_gradient]
     assert torch.equal(outputs[False][0].detach(), outputs[True][0].detach()), "the forward values do not change"
