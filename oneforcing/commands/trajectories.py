@@ -1,15 +1,26 @@
-"""``oneforcing data trajectories``: sample the teacher's ODE trajectories into shards (pipeline stage 2).
+"""``oneforcing data trajectories``: sample a teacher's ODE trajectories into shards (pipeline stage 2).
 
 For every caption/video of a source split: Euler-integrate the teacher's probability-flow ODE with CFG
-(48 steps, shift 5 by default) from seeded noise, keep the states at the snapshot σ's (by default the
-warped 4-step list [1000, 750, 500, 250] at shift 5 = grid indices 0/12/24/36, algorithm-notes §2.4), the
-ODE output, and the ground truth beside them. Snapshots must lie on the Euler grid; otherwise the
-command fails before sampling, naming the grid values that would fit.
+(uncond + w·(cond − uncond); 48 steps, shift 5 by default) from seeded noise, keep the states at the
+snapshot σ's (by default the warped 4-step list [1000, 750, 500, 250] at shift 5 = grid indices 0/12/24/36,
+algorithm-notes §2.4), the ODE output, and the ground truth beside them. Snapshots must lie on the Euler
+grid; otherwise the command fails before sampling, naming the grid values that would fit.
+
+The teacher kind follows from the checkpoint's module class:
+  * ``TeacherModule`` → ``bidirectional``: the bidirectional teacher (CausVid / Self-Forcing ODE init);
+  * ``DistillationModule`` → ``causal_teacher_forcing``: its causal generator (Causal Forcing stage 1, trained
+    with ``CausalDiffusion(teacher_forcing: true)``) in teacher-forcing mode: every velocity call is
+    ``forward_teacher_forcing(x, σ per frame, context, clean=ground truth)``, all frames at the same σ, so
+    each block continues the ground-truth clean context the causal-ODE student sees (algorithm-notes §6.3,
+    "Causal Forcing flavour"; the reference uses w = 6).
+Both write the same members and index fields; the index adds ``teacher_kind``, the block layout, the
+teacher's weights (EMA or raw generator) and the negative prompt (the unconditional CFG branch).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,10 +30,14 @@ from rich.progress import Progress
 
 from oneforcing.data.datamodule import _decode_skipping_corrupt
 from oneforcing.data.shards import encode_sample, read_index, write_shards
-from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import euler_sigmas, warped_step_sigmas
-from oneforcing.sampling.euler import euler_sample
+from oneforcing.sampling.euler import VelocityFn, euler_sample
+
+TEACHER_KINDS = {"TeacherModule": "bidirectional", "DistillationModule": "causal_teacher_forcing"}
+GROUND_TRUTH_MEMBERS = ("pixels", "latents")
 
 
 def snapshot_indices(grid: torch.Tensor, snapshot_sigmas: list[float], tolerance: float = 1e-6) -> list[int]:
@@ -41,12 +56,128 @@ def snapshot_indices(grid: torch.Tensor, snapshot_sigmas: list[float], tolerance
     return indices
 
 
+def teacher_forcing_velocity(generator: CausalWanBackbone, clean: torch.Tensor) -> VelocityFn:
+    """The causal teacher's velocity ``v(x, σ, context)`` in teacher-forcing mode on the ground truth ``clean``.
+
+    σ (B,) puts all frames at the same noise level. CFG (``guided_velocity``) calls it once with the 2B batch
+    [x; x] and [context; uncond]: the clean context is then repeated to [clean; clean].
+    """
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        repeats, rest = divmod(x.shape[0], clean.shape[0])
+        if rest or x.shape[1:] != clean.shape[1:]:
+            raise ValueError(f"teacher forcing: noisy batch {tuple(x.shape)} does not fit the clean context "
+                             f"{tuple(clean.shape)}.")
+        per_frame = sigma[:, None].expand(-1, x.shape[1]) if sigma.ndim == 1 else sigma  # (B, F)
+        context_frames = clean.repeat(repeats, *([1] * (clean.ndim - 1))) if repeats > 1 else clean
+        return generator.forward_teacher_forcing(x, per_frame, context, clean=context_frames)
+
+    return velocity
+
+
+def sample_trajectory(velocity: VelocityFn, noise: torch.Tensor, context: torch.Tensor,
+                      uncond_context: torch.Tensor, grid: torch.Tensor, guidance_scale: float,
+                      indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states at the grid ``indices`` (B, K, F, C, H, W), ODE output (B, F, C, H, W)) of one Euler integration."""
+    kept = {}
+    output = euler_sample(velocity, noise, context, grid, uncond_context, guidance_scale,
+                          on_step=lambda i, x, v: kept.__setitem__(i, x.clone()) if i in indices else None)
+    return torch.stack([kept[i] for i in indices], dim=1), output
+
+
+def _state_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    return list(torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {}))
+
+
+def _recorded_objectives(path: Path) -> tuple[Path, list[tuple[str, dict]]] | None:
+    """The objectives in the training run's ``config.yaml`` (beside an export or above ``checkpoints/``)."""
+    import yaml
+
+    for config in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
+        if config.is_file():
+            try:
+                objectives = yaml.safe_load(config.read_text())["model"]["init_args"]["objectives"]
+                return config, [(str(o.get("class_path", "")).rsplit(".", 1)[-1], o.get("init_args") or {})
+                                for o in objectives]
+            except (KeyError, TypeError, AttributeError, yaml.YAMLError):
+                return None
+    return None
+
+
+def load_trajectory_teacher(path: str | Path, block_size: int | None = None, use_ema: bool | None = None,
+                            log: Callable[[str], None] = lambda message: None):
+    """(module, teacher kind, velocity for a ground-truth batch, index fields) of a teacher checkpoint.
+
+    A ``TeacherModule`` is sampled as is (bidirectional); a ``DistillationModule`` gives its causal generator
+    with ``block_size`` (default: the trained one) and its EMA weights (``use_ema`` None: EMA when present).
+    """
+    path = Path(path)
+    try:
+        module = load_trained_module(path, expected=tuple(TEACHER_KINDS))
+    except RuntimeError as error:  # a strict state-dict load that misses keys
+        if not any(k.startswith("generator.") for k in _state_keys(path)):
+            raise ValueError(
+                f"{path} holds no causal generator weights ('generator.*'): it cannot be the causal teacher. Pass "
+                "the export of a Causal Forcing stage-1 run (configs/toy/causal_forcing_ar_diffusion.yaml: "
+                "runs/<name>/version_N/weights.safetensors or checkpoints/last.ckpt), or a TeacherModule for "
+                "the bidirectional export."
+            ) from error
+        raise
+    kind = TEACHER_KINDS[type(module).__name__]
+    if isinstance(module, TeacherModule):
+        if block_size is not None or use_ema is not None:
+            raise ValueError(f"--block-size and --ema choose the causal teacher's layout and weights; "
+                             f"{path} holds a TeacherModule (bidirectional teacher). Drop them, or pass the export "
+                             "of a Causal Forcing stage-1 DistillationModule.")
+        log(f"Teacher {path}: TeacherModule → bidirectional teacher")
+        fields = dict(teacher_kind=kind, block_size=None, first_block_size=None, teacher_weights="model")
+        return module, kind, lambda clean: module.model, fields
+    recorded = _recorded_objectives(path)
+    if recorded is not None and not any(name == "CausalDiffusion" and args.get("teacher_forcing", True)
+                                        for name, args in recorded[1]):
+        log(f"[yellow]Warning: {recorded[0]} records the objectives {[name for name, _ in recorded[1]]}, not "
+            "CausalDiffusion(teacher_forcing: true): this generator was not trained as Causal Forcing's "
+            "teacher-forcing AR-diffusion model, so its trajectories may not suit the causal-ODE stage.")
+    trained = dict(module.hparams)
+    block_size = trained.get("block_size", 1) if block_size is None else block_size
+    first_block_size = trained.get("first_block_size")
+    if use_ema and not module.has_ema:
+        raise ValueError(f"{path} holds no EMA of its generator (ema_start null or not reached); "
+                         "pass --ema false (or nothing) to use the generator's own weights.")
+    ema = module.has_ema if use_ema is None else use_ema
+    generator = causal_generator_from(module, block_size=block_size, first_block_size=first_block_size, use_ema=ema)
+    weights = "generator_ema" if ema else "generator"
+    layout = f"blocks of {block_size} latent frames" + (f" after a first block of {first_block_size}"
+                                                        if first_block_size else "")
+    log(f"Teacher {path}: DistillationModule → causal teacher forcing on the ground-truth context "
+        f"({layout}, {'EMA' if ema else 'raw generator'} weights '{weights}')")
+    fields = dict(teacher_kind=kind, block_size=block_size, first_block_size=first_block_size, teacher_weights=weights)
+    return module, kind, lambda clean: teacher_forcing_velocity(generator, clean), fields
+
+
+def _ground_truth_latents(module, samples: list[dict]) -> torch.Tensor:
+    """(B, F, C, H, W) clean latents of decoded samples: their latents, else their encoded pixels."""
+    if "latents" in samples[0]:
+        return torch.stack([s["latents"] for s in samples]).float()
+    pixels = torch.stack([s["pixels"] for s in samples]).float() / 127.5 - 1.0
+    return module.codec.encode(pixels)
+
+
 def add_parser(sub) -> None:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    p = ArgumentParser(description="Teacher ODE trajectories as shards (for trajectory distillation).")
+    p = ArgumentParser(description="Teacher ODE trajectories as shards (for trajectory distillation). A TeacherModule "
+                                   "checkpoint gives the bidirectional export; a DistillationModule (Causal Forcing "
+                                   "stage 1) gives the causal teacher-forcing export.")
     p.add_argument("--config", action=ActionConfigFile)
-    p.add_argument("--teacher", type=str, required=True, help="teacher weights (.safetensors export or .ckpt)")
+    p.add_argument("--teacher", type=str, required=True,
+                   help="teacher weights (.safetensors export or .ckpt): a TeacherModule (bidirectional) or a "
+                        "DistillationModule whose generator is the causal teacher (teacher forcing)")
     p.add_argument("--source", type=str, required=True, help="caption/video split directory (e.g. data/toy/train)")
     p.add_argument("--out", type=str, required=True, help="output split directory (e.g. data/toy_ode/train)")
     p.add_argument("--num-videos", "--num_videos", dest="num_videos", type=int | None, default=None,
@@ -54,9 +185,17 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=4.0,
-                   help="CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1)")
+                   help="CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1; Causal Forcing's "
+                        "causal-ODE export uses w = 6)")
+    p.add_argument("--negative-prompt", "--negative_prompt", dest="negative_prompt", type=str, default="",
+                   help="text of the unconditional CFG branch (default: the empty prompt)")
     p.add_argument("--snapshot-steps", "--snapshot_steps", dest="snapshot_steps", type=list[float],
                    default=[1000.0, 750.0, 500.0, 250.0], help="nominal student steps, warped with --shift")
+    p.add_argument("--block-size", "--block_size", dest="block_size", type=int | None, default=None,
+                   help="causal teacher only: latent frames per block (default: the checkpoint's block_size)")
+    p.add_argument("--ema", dest="use_ema", type=bool | None, default=None,
+                   help="causal teacher only: true the generator's EMA weights, false its raw weights "
+                        "(default: EMA when the checkpoint has one)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int, default=256)
@@ -66,17 +205,35 @@ def add_parser(sub) -> None:
 def export_trajectories(teacher: str, source: str, out: str, num_videos: int | None = None, steps: int = 48,
                         shift: float = 5.0, guidance_scale: float = 4.0,
                         snapshot_steps: list[float] = (1000.0, 750.0, 500.0, 250.0), batch_size: int = 16,
-                        seed: int = 0, samples_per_shard: int = 256, progress: bool = True) -> dict:
-    """Write the trajectory split; returns its index."""
+                        seed: int = 0, samples_per_shard: int = 256, progress: bool = True,
+                        negative_prompt: str = "", block_size: int | None = None, use_ema: bool | None = None,
+                        log: Callable[[str], None] = lambda message: None) -> dict:
+    """Write the trajectory split; returns its index. Every input is checked before the first Euler step."""
     grid = euler_sigmas(steps, shift)
     snapshot_sigmas = warped_step_sigmas(snapshot_steps, shift)
     indices = snapshot_indices(grid, snapshot_sigmas)  # fail before loading anything
     index = read_index(source)
-    module = load_trained_module(teacher, expected=("TeacherModule",))
-    assert isinstance(module, TeacherModule)
+    members = index.get("members")
+    if members is not None and not any(f"{m}.safetensors" in members for m in GROUND_TRUTH_MEMBERS):
+        raise ValueError(f"Source split {source} carries no pixels or latents (its samples hold {members}): the "
+                         "trajectories need the ground-truth videos. Point --source at a caption/video split "
+                         "written by `oneforcing data toy` (e.g. data/toy/train).")
+    module, kind, velocity_for, fields = load_trajectory_teacher(teacher, block_size, use_ema, log)
+    module.encode_prompts([negative_prompt])  # a prompt the text encoder refuses fails here, not mid-export
     total = min(num_videos or index["total"], index["total"])
     urls = [str(Path(source) / s["name"]) for s in index["shards"]]
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), _decode_skipping_corrupt)
+    first = next(iter(stream), None)
+    if first is None or not any(m in first for m in GROUND_TRUTH_MEMBERS):
+        raise ValueError(f"Source split {source} has no readable sample with pixels or latents; regenerate it with "
+                         "`oneforcing data toy`.")
+    if kind == "causal_teacher_forcing":
+        num_frames = _ground_truth_latents(module, [first]).shape[1]
+        try:
+            CausalWanBackbone.layout_for(num_frames, fields["block_size"], fields["first_block_size"])
+        except ValueError as error:
+            raise ValueError(f"The causal teacher's block layout does not fit the source's {num_frames} latent "
+                             f"frames ({error}); pass a --block-size that does.") from None
     sigmas_tensor = torch.tensor(snapshot_sigmas, dtype=torch.float32)
 
     def batches():
@@ -92,22 +249,20 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
     def samples():
         done = 0
         with Progress(disable=not progress) as bar:
-            task = bar.add_task("teacher ODE trajectories", total=total)
+            task = bar.add_task(f"teacher ODE trajectories ({kind})", total=total)
             for batch in batches():
                 batch = batch[: total - done]
-                pixels = torch.stack([s["pixels"] for s in batch]).float() / 127.5 - 1.0
-                x0 = module.codec.encode(pixels)  # (B, F, C, H, W)
+                x0 = _ground_truth_latents(module, batch)  # (B, F, C, H, W)
                 noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed + done + i))
                                      for i in range(len(batch))])
-                kept = {}
-                output = euler_sample(module.model, noise, module.encode_prompts([s["caption"] for s in batch]), grid,
-                                      module.encode_prompts([""] * len(batch)), guidance_scale,
-                                      on_step=lambda i, x, v: kept.__setitem__(i, x.clone()) if i in indices else None)
-                trajectory = torch.stack([kept[i] for i in indices], dim=1)  # (B, K, F, C, H, W)
+                trajectory, output = sample_trajectory(
+                    velocity_for(x0), noise, module.encode_prompts([s["caption"] for s in batch]),
+                    module.encode_prompts([negative_prompt] * len(batch)), grid, guidance_scale, indices)
                 for i, s in enumerate(batch):
                     attributes = dict(s["attributes"], trajectory_steps=steps, trajectory_shift=shift,
                                       trajectory_guidance=guidance_scale, noise_seed=seed + done + i)
-                    yield encode_sample(s["key"], {"pixels": s["pixels"], "trajectory": trajectory[i].half(),
+                    truth = {m: s[m] for m in GROUND_TRUTH_MEMBERS if m in s}
+                    yield encode_sample(s["key"], {**truth, "trajectory": trajectory[i].half(),
                                                    "trajectory_sigmas": sigmas_tensor, "ode_output": output[i].half()},
                                         s["caption"], attributes)
                 done += len(batch)
@@ -116,14 +271,18 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                     return
 
     meta = dict(kind="trajectories", teacher=str(teacher), steps=steps, shift=shift, guidance_scale=guidance_scale,
-                snapshot_sigmas=snapshot_sigmas, source=str(source))
-    module.model.eval()
+                snapshot_sigmas=snapshot_sigmas, source=str(source), negative_prompt=negative_prompt, **fields)
+    module.eval()
     with torch.no_grad():
         return write_shards(samples(), out, samples_per_shard, meta=meta)
 
 
 def trajectories_command(cfg) -> None:
     start = time.perf_counter()
+    console = Console()
     index = export_trajectories(cfg.teacher, cfg.source, cfg.out, cfg.num_videos, cfg.steps, cfg.shift,
-                                cfg.guidance_scale, cfg.snapshot_steps, cfg.batch_size, cfg.seed, cfg.samples_per_shard)
-    Console().print(f"[green]Wrote {index['total']} trajectories to {cfg.out} in {time.perf_counter() - start:.0f} s")
+                                cfg.guidance_scale, cfg.snapshot_steps, cfg.batch_size, cfg.seed, cfg.samples_per_shard,
+                                negative_prompt=cfg.negative_prompt, block_size=cfg.block_size, use_ema=cfg.use_ema,
+                                log=console.print)
+    console.print(f"[green]Wrote {index['total']} {index['teacher_kind']} trajectories to {cfg.out} in "
+                  f"{time.perf_counter() - start:.0f} s")
