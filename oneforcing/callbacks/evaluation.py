@@ -3,8 +3,11 @@
 Every ``every_n_steps`` optimizer steps (and at the end of training), global rank 0 generates one video per
 caption of a fixed held-out set of real toy videos with the module's own sampler (``generate``: the
 teacher's Euler sampler, a student's streaming sampler) and logs every metric of
-``oneforcing.evaluation.metrics.evaluate_videos`` as ``eval/<metric>``. The other ranks wait at no cost;
-nothing is reduced across ranks. Sampling noise is fixed (``seed``), so the curves move with the weights only.
+``oneforcing.evaluation.metrics.evaluate_videos`` as ``eval/<metric>``, and the bank metrics
+(``eval/bank_precision``, ``eval/bank_coverage``) on the bank set of ``oneforcing.evaluation.toy_evaluation``
+(the first ``num_videos // samples_per_caption`` captions, ``samples_per_caption`` samples each; 0 skips them).
+The other ranks wait at no cost; nothing is reduced across ranks. Sampling noise is fixed (``seed``), so the
+curves move with the weights only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from oneforcing.commands.evaluate import REAL_SEED, real_toy_set
+from oneforcing.data.exact_bank import BANK_SEED
+from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, bank_set,
+                                                  real_toy_set, toy_metrics)
 
 
 class ToyEvaluation(L.Callback):
@@ -24,13 +29,21 @@ class ToyEvaluation(L.Callback):
     num_videos: held-out real videos (and generated ones) per evaluation.
     real_seed: the held-out toy stream.
     seed: sampling seed.
+    samples_per_caption: bank metrics: samples per caption (0: no bank metrics; each evaluation then samples
+        ``num_videos`` videos instead of about twice as many).
+    bank_size, bank_seed: bank metrics: clean videos per caption and their stream (the exact teacher's).
     """
 
-    def __init__(self, every_n_steps: int = 200, num_videos: int = 32, real_seed: int = REAL_SEED, seed: int = 0) -> None:
-        if every_n_steps < 1 or num_videos < 2:
-            raise ValueError(f"ToyEvaluation needs every_n_steps >= 1 and num_videos >= 2, got {every_n_steps}, {num_videos}.")
+    def __init__(self, every_n_steps: int = 200, num_videos: int = 32, real_seed: int = REAL_SEED, seed: int = 0,
+                 samples_per_caption: int = SAMPLES_PER_CAPTION, bank_size: int = BANK_SIZE,
+                 bank_seed: int = BANK_SEED) -> None:
+        if every_n_steps < 1 or num_videos < 2 or samples_per_caption < 0 or bank_size < 1:
+            raise ValueError(f"ToyEvaluation needs every_n_steps >= 1, num_videos >= 2, samples_per_caption >= 0 and "
+                             f"bank_size >= 1, got {every_n_steps}, {num_videos}, {samples_per_caption}, {bank_size}.")
         self.every_n_steps, self.num_videos, self.real_seed, self.seed = every_n_steps, num_videos, real_seed, seed
+        self.samples_per_caption, self.bank_size, self.bank_seed = samples_per_caption, bank_size, bank_seed
         self._real: tuple[torch.Tensor, list[str]] | None = None
+        self._bank: BankSet | None = None
         self._net = None
         self._last_step = -1
 
@@ -41,23 +54,24 @@ class ToyEvaluation(L.Callback):
     @rank_zero_only
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from oneforcing.evaluation.feature_net import load_feature_net
-        from oneforcing.evaluation.metrics import evaluate_videos
 
         step = trainer.global_step
         if step == self._last_step or trainer.logger is None:
             return
         self._last_step = step
+        hp = pl_module.hparams
         if self._real is None:
-            self._real = real_toy_set(self.num_videos, self.real_seed, pl_module.hparams.num_frames,
-                                      pl_module.hparams.frame_size)
+            self._real = real_toy_set(self.num_videos, self.real_seed, hp.num_frames, hp.frame_size)
+            self._bank = bank_set(self._real[1], self.num_videos, self.samples_per_caption, self.bank_size,
+                                  self.bank_seed, hp.num_frames, hp.frame_size)
             self._net = load_feature_net()
         real, prompts = self._real
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
-            fake = pl_module.generate(prompts, seed=self.seed).float().cpu()
+        with torch.no_grad():  # the real set in one call, as before (samples do not depend on batching)
+            metrics, _ = toy_metrics(lambda chunk, seed: pl_module.generate(chunk, seed=seed), real, prompts,
+                                     self._net, self.seed, batch_size=self.num_videos, bank=self._bank)
         pl_module.train(was_training)
-        metrics = evaluate_videos(fake, real, prompts, self._net)
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not math.isnan(value):
                 trainer.logger.experiment.add_scalar(f"eval/{name}", value, step)

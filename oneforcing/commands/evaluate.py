@@ -6,6 +6,16 @@ and every metric of ``oneforcing.evaluation.metrics`` compares them with those r
 also rolls out ``--long-frames`` frames over a rolling window of the training length, for drift. With
 ``--steps-sweep`` the short-video metrics are repeated at other step counts (for plots against steps).
 
+Bank metrics (``bank_precision``: mean RMS distance of a sample to its nearest bank video of its caption;
+``bank_coverage``: mean share of a caption's bank videos that some sample is nearest to): coverage needs
+several samples per caption, so a second prompt set repeats the first ``num_videos // --samples-per-caption``
+distinct captions of the held-out set ``--samples-per-caption`` times each (4 by default; 0 skips the bank
+metrics), against ``--bank-size`` clean videos per caption of the exact teacher's stream (``--bank-seed``;
+defaults: the exact teacher's 16 and 12345). Coverage is at most S/N (0.25 at the defaults); a sampler of
+the bank itself (a perfect student of the exact teacher) reaches precision 0 and coverage 1 − (1 − 1/N)^S
+(0.23), recorded as ``bank.ideal_coverage`` in the report; fresh videos of the world (what a perfect student of
+a neural teacher makes) are scored as ``bank.world_precision`` / ``bank.world_coverage``.
+
 Out (``--out``): ``metrics.json`` (metrics, sweep, per-frame curves, provenance), ``metrics.md`` and
 ``samples.safetensors`` + ``samples.gif`` (the first prompts, for ``oneforcing compare``'s GIF grid).
 """
@@ -16,20 +26,20 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from safetensors.torch import save_file
 
-from oneforcing.data.toy_world import make_video
+from oneforcing.data.exact_bank import BANK_SEED
+from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, Generate,
+                                                  bank_set, real_toy_set, sample_in_batches, score_bank)
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.sampling.schedules import student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import atomic_write_bytes, gif_bytes, video_grid
 
-REAL_SEED = 424242  # held-out toy stream: the training data use seeds 0.. and 0 + 1_000_003 (val)
 GRID_PROMPTS = 8    # prompts kept as samples for the comparison's GIF grid
 
 
@@ -51,6 +61,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--long-frames", "--long_frames", dest="long_frames", type=int, default=48,
                    help="frames of the drift roll-out (students only; 0 disables), >= 4x the training length")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    p.add_argument("--samples-per-caption", "--samples_per_caption", dest="samples_per_caption", type=int,
+                   default=SAMPLES_PER_CAPTION,
+                   help="bank metrics: samples of each of the first num_videos // this many held-out captions "
+                        "(0: no bank metrics); coverage is at most this / --bank-size")
+    p.add_argument("--bank-size", "--bank_size", dest="bank_size", type=int, default=BANK_SIZE,
+                   help="bank metrics: clean videos per caption (the exact teacher's bank_size_per_caption)")
+    p.add_argument("--bank-seed", "--bank_seed", dest="bank_seed", type=int, default=BANK_SEED,
+                   help="bank metrics: the bank's stream (the exact teacher's seed)")
     p.add_argument("--ema", type=bool | None, default=None,
                    help="students: true the generator's EMA weights, false its raw weights (default: the EMA when "
                         "present); the report records which were used")
@@ -75,33 +93,37 @@ def resolve_checkpoint(checkpoint: str | None, run: str | None) -> Path:
                             "(in itself or a version_* folder): was the run trained with the ExportWeights callback?")
 
 
-def real_toy_set(num_videos: int, seed: int, num_frames: int = 12, size: int = 32, max_objects: int = 1,
-                 background: str = "flat") -> tuple[torch.Tensor, list[str]]:
-    """Held-out real toy videos (N, F, 3, H, W) in [-1, 1] and their captions (the default world's)."""
-    videos = [make_video(seed, i, num_frames=num_frames, size=size, max_objects=max_objects, background=background)
-              for i in range(num_videos)]
-    pixels = torch.from_numpy(np.stack([v.pixels for v in videos])).float() / 127.5 - 1.0
-    return pixels, [v.caption for v in videos]
+def generator_of(module, steps: int | None, num_frames: int | None = None, window: int | None = None,
+                 use_ema: bool = True) -> Generate:
+    """(prompts, seed) -> pixel videos: the student's streaming sampler, or the teacher's Euler sampler."""
+    if not isinstance(module, DistillationModule):
+        return lambda prompts, seed: module.generate(prompts, seed=seed, num_steps=steps)
+    hp = module.hparams
+    generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window, use_ema=use_ema)
+    sigmas = student_sigmas(steps, hp.warp_shift) if steps else module.step_sigmas
+    sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas)
+
+    def generate(prompts: list[str], seed: int) -> torch.Tensor:
+        latents = sampler.sample(module.encode_prompts(prompts), num_frames or hp.num_frames, module.latent_shape(),
+                                 per_prompt_generators(seed, len(prompts)))
+        return module.codec.decode(latents)
+
+    return generate
 
 
 def sample(module, prompts: list[str], seed: int, steps: int | None, batch_size: int,
            num_frames: int | None = None, window: int | None = None, use_ema: bool = True) -> torch.Tensor:
     """Pixel videos (N, F, 3, H, W): the student's streaming sampler, or the teacher's Euler sampler."""
-    videos = []
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start: start + batch_size]
-            if isinstance(module, DistillationModule):
-                hp = module.hparams
-                generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window, use_ema=use_ema)
-                sigmas = student_sigmas(steps, hp.warp_shift) if steps else module.step_sigmas
-                sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas)
-                latents = sampler.sample(module.encode_prompts(chunk), num_frames or hp.num_frames,
-                                         module.latent_shape(), per_prompt_generators(seed + start, len(chunk)))
-                videos.append(module.codec.decode(latents))
-            else:
-                videos.append(module.generate(chunk, seed=seed + start, num_steps=steps))
-    return torch.cat(videos)
+        return sample_in_batches(generator_of(module, steps, num_frames, window, use_ema), prompts, seed, batch_size)
+
+
+def bank_metrics(module, bank: BankSet | None, seed: int, steps: int, batch_size: int, use_ema: bool) -> dict:
+    """``bank_precision`` and ``bank_coverage`` at ``steps`` (empty without a bank set)."""
+    if bank is None:
+        return {}
+    with torch.no_grad():
+        return score_bank(generator_of(module, steps, use_ema=use_ema), bank, seed, batch_size)
 
 
 def default_steps(module) -> int:
@@ -111,7 +133,14 @@ def default_steps(module) -> int:
 def markdown(report: dict) -> str:
     lines = [f"# {report['label']} (seed {report['seed']})", "",
              f"`{report['checkpoint']}` ({report['weights']} weights), {report['num_videos']} videos at {report['steps']} steps "
-             f"against held-out real toy videos (seed {report['real_seed']}).", "", "| metric | value |", "|---|---|"]
+             f"against held-out real toy videos (seed {report['real_seed']})."]
+    bank = report["bank"]
+    if bank:
+        lines += ["", f"Bank metrics: {bank['captions']} captions × {bank['samples_per_caption']} samples against "
+                  f"{bank['bank_size']} bank videos per caption (seed {bank['bank_seed']}); a sampler of the bank "
+                  f"itself would score precision 0 and cover {bank['ideal_coverage']:.2f}, fresh videos of the world "
+                  f"score {bank['world_precision']:.3g} and cover {bank['world_coverage']:.2f}."]
+    lines += ["", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in report["metrics"].items() if isinstance(v, (int, float))]
     for steps, metrics in report["sweep"].items():
         lines += ["", f"## {steps} steps", "", "| metric | value |", "|---|---|"]
@@ -121,7 +150,9 @@ def markdown(report: dict) -> str:
 
 def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, num_videos: int = 64,
                         real_seed: int = REAL_SEED, steps: int | None = None, steps_sweep: list[int] = (),
-                        long_frames: int = 48, batch_size: int = 32, ema: bool | None = None) -> dict:
+                        long_frames: int = 48, batch_size: int = 32, ema: bool | None = None,
+                        samples_per_caption: int = SAMPLES_PER_CAPTION, bank_size: int = BANK_SIZE,
+                        bank_seed: int = BANK_SEED) -> dict:
     """Generate, score and write the report; returns it."""
     from oneforcing.evaluation.feature_net import load_feature_net
     from oneforcing.evaluation.metrics import evaluate_videos, per_frame_curves
@@ -136,6 +167,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
     real, prompts = real_toy_set(num_videos, real_seed, num_frames, module.hparams.frame_size)
     for prompt in prompts:  # prompts outside the model's vocabulary fail here, before any sampling
         module.encode_prompts([prompt])
+    bank = bank_set(prompts, num_videos, samples_per_caption, bank_size, bank_seed, num_frames,
+                    module.hparams.frame_size)
     weights = weights_choice(module, ema)
     use_ema = weights == "ema"
     net = load_feature_net()
@@ -148,14 +181,16 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
     report = {
         "label": label, "seed": seed, "checkpoint": str(checkpoint), "module": type(module).__name__, "weights": weights,
         "steps": steps, "num_videos": num_videos, "real_seed": real_seed, "long_frames": long_frames if long_fake is not None else 0,
-        "metrics": evaluate_videos(fake, real, prompts, net, long_fake=long_fake, window=num_frames),
+        "metrics": {**evaluate_videos(fake, real, prompts, net, long_fake=long_fake, window=num_frames),
+                    **bank_metrics(module, bank, seed, steps, batch_size, use_ema)},
         "curves": per_frame_curves(fake, real, long_fake=long_fake, window=num_frames),
-        "sweep": {}, "prompts": prompts[:GRID_PROMPTS],
+        "sweep": {}, "prompts": prompts[:GRID_PROMPTS], "bank": bank.describe() if bank else None,
     }
     for extra in steps_sweep:
         if extra != steps:
-            report["sweep"][str(extra)] = evaluate_videos(sample(module, prompts, seed, extra, batch_size,
-                                                                 use_ema=use_ema), real, prompts, net)
+            report["sweep"][str(extra)] = {**evaluate_videos(sample(module, prompts, seed, extra, batch_size,
+                                                                    use_ema=use_ema), real, prompts, net),
+                                           **bank_metrics(module, bank, seed, extra, batch_size, use_ema)}
     report["sweep"][str(steps)] = {k: v for k, v in report["metrics"].items() if not k.startswith("drift")}
     out.mkdir(parents=True, exist_ok=True)
     clean = json.loads(json.dumps(report, default=float), parse_constant=lambda c: None)  # NaN -> null
@@ -172,6 +207,7 @@ def evaluate_command(argv: list[str]) -> None:
     checkpoint = resolve_checkpoint(cfg.checkpoint, cfg.run)
     label = cfg.label or (Path(cfg.run).name if cfg.run else checkpoint.stem)
     report = evaluate_checkpoint(checkpoint, Path(cfg.out), label, cfg.seed, cfg.num_videos, cfg.real_seed, cfg.steps,
-                                 cfg.steps_sweep, cfg.long_frames, cfg.batch_size, cfg.ema)
+                                 cfg.steps_sweep, cfg.long_frames, cfg.batch_size, cfg.ema, cfg.samples_per_caption,
+                                 cfg.bank_size, cfg.bank_seed)
     shown = {k: round(v, 4) for k, v in report["metrics"].items() if isinstance(v, float) and not math.isnan(v)}
     Console().print(f"[green]{label}[/green] ({report['steps']} steps, {report['weights']} weights): {shown}\nWrote {cfg.out}/metrics.json and metrics.md")

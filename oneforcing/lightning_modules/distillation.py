@@ -28,6 +28,7 @@ from torch import nn
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
+from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.base import ROLES, Objective, StepContext
@@ -50,6 +51,12 @@ class DistillationModule(L.LightningModule):
         backbone: shapes of the generator and the critic (toy defaults).
         teacher_backbone: shapes of the teacher (default: ``backbone``).
         teacher_weights: teacher weights (exported safetensors, Lightning ckpt or diffusers folder).
+        teacher: a ready teacher module with the backbone's call signature instead of ``teacher_weights``, e.g.
+            the toy world's exact teacher (``oneforcing.data.exact_bank.ExactToyTeacher``). Objectives with the
+            teacher role need exactly one of the two. It is used frozen and is neither a hyper-parameter nor
+            in checkpoints (its bank is rebuilt from its config). With it, the generator starts from
+            ``generator_weights`` (random without) and a critic from ``critic_weights``, which is then
+            required: a random critic's fake score makes DMD's first updates meaningless.
         generator_weights: generator initialisation (default: the teacher's weights, same shapes needed).
         critic_weights: critic initialisation (default: the teacher's weights).
         codec, text_encoder: as for the teacher (toy defaults).
@@ -82,6 +89,7 @@ class DistillationModule(L.LightningModule):
         teacher_weights: str | None = None,
         generator_weights: str | None = None,
         critic_weights: str | None = None,
+        teacher: nn.Module | None = None,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
         num_frames: int = 12,
@@ -111,7 +119,7 @@ class DistillationModule(L.LightningModule):
         self.automatic_optimization = False
         self.backbone_config = _config(backbone, WanConfig())
         self.teacher_config = _config(teacher_backbone, self.backbone_config)
-        self.save_hyperparameters(ignore=["objectives", "codec", "text_encoder"])
+        self.save_hyperparameters(ignore=["objectives", "codec", "text_encoder", "teacher"])
         self.hparams["backbone"] = dataclasses.asdict(self.backbone_config)  # plain types: loads with weights_only
         self.hparams["teacher_backbone"] = dataclasses.asdict(self.teacher_config)
         self.hparams["denoising_steps"] = list(denoising_steps)
@@ -122,9 +130,9 @@ class DistillationModule(L.LightningModule):
         self.step_sigmas = warped_step_sigmas(denoising_steps, warp_shift)
         self.first_block_sigmas = warped_step_sigmas(first_block_steps, warp_shift) if first_block_steps else None
         self.roles = {"generator"} | {role for o in objectives for role in o.roles}
+        self.teacher: nn.Module | None = teacher  # a given teacher (no persistent state), or built in configure_model
         self._check_config()
         self.generator: CausalWanBackbone | None = None
-        self.teacher: WanBackbone | None = None
         self.critic: WanBackbone | None = None
         self.generator_ema: CausalWanBackbone | None = None
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
@@ -140,10 +148,12 @@ class DistillationModule(L.LightningModule):
             unknown = set(o.roles) - set(ROLES)
             if unknown:
                 problems.append(f"{type(o).__name__} declares unknown roles {sorted(unknown)}")
-            if "teacher" in o.roles and not hp.teacher_weights:
+            if "teacher" in o.roles and not hp.teacher_weights and self.teacher is None:
                 problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
-                                "(e.g. assets/toy_teacher.safetensors)")
+                                "(e.g. assets/toy_teacher.safetensors) or model.init_args.teacher (e.g. "
+                                "oneforcing.data.exact_bank.ExactToyTeacher)")
             problems += o.check(self)
+        problems += self._given_teacher_problems()
         if hp.generator_update_every < 1:
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
@@ -165,6 +175,32 @@ class DistillationModule(L.LightningModule):
         if problems:
             raise ValueError("Invalid DistillationModule config:\n  - " + "\n  - ".join(problems))
 
+    def _given_teacher_problems(self) -> list[str]:
+        """A teacher given as a module: not beside teacher_weights, a critic initialisation, and for an exact
+        teacher a bank that fits the module's latents, contexts and negative prompt."""
+        hp, problems = self.hparams, []
+        if self.teacher is None:
+            return problems
+        if hp.teacher_weights:
+            problems.append("both teacher and teacher_weights are set; give one (the critic and generator start "
+                            "from critic_weights / generator_weights, e.g. assets/toy_teacher.safetensors)")
+        if "critic" in self.roles and not hp.critic_weights:
+            problems.append("the critic has no initialisation: with model.init_args.teacher set, set "
+                            "model.init_args.critic_weights (e.g. assets/toy_teacher.safetensors, the neural teacher)")
+        if isinstance(self.teacher, ExactTeacher):
+            context_shape = (self.text_encoder.max_tokens, self.text_encoder.dim) \
+                if isinstance(self.text_encoder, ToyTextEncoder) else self.teacher.caption_embeddings.shape[1:]
+            problems += self.teacher.io_problems(hp.num_frames, self.latent_shape(), context_shape)
+            if not problems and isinstance(self.text_encoder, ToyTextEncoder):
+                try:
+                    unconditional = int(self.teacher.caption_index(self.text_encoder([hp.negative_prompt]))[0]) == -1
+                except ValueError:
+                    unconditional = False
+                if not unconditional:
+                    problems.append(f"negative_prompt={hp.negative_prompt!r} is not the exact teacher's unconditional "
+                                    "prompt; set the teacher's unconditional_prompt to the same text")
+        return problems
+
     def configure_model(self) -> None:
         if self.generator is not None:
             return
@@ -174,7 +210,9 @@ class DistillationModule(L.LightningModule):
         generator_init = hp.generator_weights or hp.teacher_weights
         if generator_init:
             self.generator.load_weights(generator_init)
-        if "teacher" in self.roles:
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False).eval()
+        elif "teacher" in self.roles:
             self.teacher = WanBackbone(self.teacher_config)
             self.teacher.load_weights(hp.teacher_weights)
             self.teacher.requires_grad_(False).eval()
