@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from oneforcing.callbacks.export import export_weights
 from oneforcing.commands.data import build_parser
+from oneforcing.commands.data import write_toy_dataset
+from oneforcing.commands.trajectories import EXACT as EXACT_TEACHER
 from oneforcing.commands.trajectories import export_trajectories, sample_trajectory, teacher_forcing_velocity
 from oneforcing.data.shards import decode_sample, encode_sample, read_index, write_shards
 from oneforcing.lightning_modules.distillation import DistillationModule
@@ -82,7 +84,7 @@ def copy_split(source: Path, out: Path, count: int, edit=lambda pixels: pixels) 
     """The first ``count`` videos of ``source`` with ``edit`` applied to their pixels (uint8 (F, 3, H, W))."""
     _, samples = read_split(source)
     write_shards((encode_sample(s["key"], {"pixels": edit(s["pixels"].clone())}, s["caption"], s["attributes"])
-                  for s in samples[:count]), out, 16, meta=dict(world="toy"))
+                  for s in samples[:count]), out, 16, meta=dict(world="toy", background="flat"))
     return out
 
 
@@ -340,3 +342,26 @@ def test_causal_forcing_chain_runs_through_the_cli(teachers, toy_data, tmp_path)
               "--model.init_args.generator_weights", str(stage1))
     fit("causal_forcing_dmd.yaml", "dmd", toy_data, "--model.init_args.teacher_weights", str(teacher),
         "--model.init_args.generator_weights", str(ode))
+
+
+def test_the_exact_teachers_trajectories_end_on_bank_videos_of_their_caption(toy_data, tmp_path):
+    """--teacher exact: the ODE of the bank's posterior mean lands on one of the caption's bank videos."""
+    from oneforcing.data.exact_bank import caption_videos
+
+    source = copy_split(toy_data / "train", tmp_path / "src", 3)
+    index, samples = export(EXACT_TEACHER, source, tmp_path / "out", num_videos=3, bank_size=3, bank_seed=7)
+    assert index["teacher_kind"] == "exact" and index["teacher_weights"] == "bank of 3 videos per caption, seed 7"
+    codec = SpaceToDepthCodec(factor=2)
+    for sample in samples:
+        bank = codec.encode(caption_videos(sample["caption"], 3, seed=7, num_frames=TINY_FRAMES, frame_size=TINY_SIZE))
+        distances = (bank - sample["ode_output"].float()).flatten(1).norm(dim=1)  # to each bank video (3,)
+        between = (bank[0] - bank[1]).norm()
+        assert float(distances.min()) < 0.05 * float(between), "the output is one of the caption's bank videos"
+    with pytest.raises(ValueError, match="the exact teacher has neither"):
+        export(EXACT_TEACHER, source, tmp_path / "bad", num_videos=1, bank_size=2, use_ema=True)
+    textured_two = tmp_path / "two"
+    write_toy_dataset(textured_two, 4, 0, 0, num_frames=TINY_FRAMES, size=TINY_SIZE, samples_per_shard=4,
+                      progress=False, max_objects=2)
+    with pytest.raises(ValueError, match="covers one-object videos.*--max-objects 1"):
+        export(EXACT_TEACHER, textured_two / "train", tmp_path / "bad2", num_videos=1, bank_size=2)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()

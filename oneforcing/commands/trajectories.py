@@ -37,6 +37,7 @@ from oneforcing.models.flow_matching import euler_sigmas, warped_step_sigmas
 from oneforcing.sampling.euler import VelocityFn, euler_sample
 
 TEACHER_KINDS = {"TeacherModule": "bidirectional", "DistillationModule": "causal_teacher_forcing"}
+EXACT = "exact"  # --teacher exact: the toy world's exact teacher over a bank of the world's videos
 GROUND_TRUTH_MEMBERS = ("pixels", "latents")
 
 
@@ -160,6 +161,49 @@ def load_trajectory_teacher(path: str | Path, block_size: int | None = None, use
     return module, kind, lambda clean: teacher_forcing_velocity(generator, clean), fields
 
 
+class ExactTrajectoryTeacher:
+    """The toy world's exact teacher as a trajectory teacher: its codec, its text encoder, itself as the model."""
+
+    def __init__(self, teacher) -> None:
+        self.model, self.codec = teacher, teacher.codec
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.text_encoder(prompts)
+
+    def eval(self) -> "ExactTrajectoryTeacher":
+        self.model.eval()
+        return self
+
+
+def load_exact_teacher(index: dict, first: dict, bank_size: int, bank_seed: int | None, negative_prompt: str,
+                       log: Callable[[str], None]):
+    """(teacher, kind, velocity for a ground-truth batch, index fields) of the exact toy teacher, its bank
+    rendered at the frames and size of the source's first sample and its recorded background, its
+    unconditional prompt the negative prompt."""
+    from oneforcing.data.exact_bank import BANK_SEED, ExactToyTeacher
+
+    if "pixels" not in first:
+        raise ValueError("--teacher exact renders a bank of toy pixel videos; the source split holds latents only. "
+                         "Point --source at a split written by `oneforcing data toy`.")
+    if index.get("world") != "toy":
+        raise ValueError("--teacher exact needs a toy-world source split (written by `oneforcing data toy`); this one "
+                         f"records world={index.get('world')!r}.")
+    if index.get("max_objects", 1) != 1:
+        raise ValueError("--teacher exact covers one-object videos; the source split was written with "
+                         f"--max-objects {index['max_objects']}. Write it with --max-objects 1.")
+    seed = BANK_SEED if bank_seed is None else bank_seed
+    num_frames, _, size, _ = first["pixels"].shape  # (F, 3, H, W)
+    background = index.get("background", "textured")  # splits written before the flat world were textured
+    teacher = ExactToyTeacher(bank_size_per_caption=bank_size, seed=seed, num_frames=num_frames, frame_size=size,
+                              background=background, unconditional_prompt=negative_prompt)
+    log(f"Teacher: the exact toy teacher over {bank_size} videos per caption (bank seed {seed}, "
+        f"{teacher.bank_bytes / 2**20:.0f} MiB)")
+    fields = dict(teacher_kind=EXACT, block_size=None, first_block_size=None,
+                  teacher_weights=f"bank of {bank_size} videos per caption, seed {seed}")
+    module = ExactTrajectoryTeacher(teacher)
+    return module, EXACT, lambda clean: teacher, fields
+
+
 def _ground_truth_latents(module, samples: list[dict]) -> torch.Tensor:
     """(B, F, C, H, W) clean latents of decoded samples: their latents, else their encoded pixels."""
     if "latents" in samples[0]:
@@ -177,7 +221,12 @@ def add_parser(sub) -> None:
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--teacher", type=str, required=True,
                    help="teacher weights (.safetensors export or .ckpt): a TeacherModule (bidirectional) or a "
-                        "DistillationModule whose generator is the causal teacher (teacher forcing)")
+                        "DistillationModule whose generator is the causal teacher (teacher forcing); or 'exact': "
+                        "the toy world's exact teacher over a bank of its videos (--bank-size, --bank-seed)")
+    p.add_argument("--bank-size", "--bank_size", dest="bank_size", type=int, default=16,
+                   help="--teacher exact: videos per caption in the bank (432 MiB at 16 for all 384 captions)")
+    p.add_argument("--bank-seed", "--bank_seed", dest="bank_seed", type=int | None, default=None,
+                   help="--teacher exact: the bank's stream (default: the exact teacher's, disjoint from the data)")
     p.add_argument("--source", type=str, required=True, help="caption/video split directory (e.g. data/toy/train)")
     p.add_argument("--out", type=str, required=True, help="output split directory (e.g. data/toy_ode/train)")
     p.add_argument("--num-videos", "--num_videos", dest="num_videos", type=int | None, default=None,
@@ -207,7 +256,8 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                         snapshot_steps: list[float] = (1000.0, 750.0, 500.0, 250.0), batch_size: int = 16,
                         seed: int = 0, samples_per_shard: int = 256, progress: bool = True,
                         negative_prompt: str = "", block_size: int | None = None, use_ema: bool | None = None,
-                        log: Callable[[str], None] = lambda message: None) -> dict:
+                        log: Callable[[str], None] = lambda message: None, bank_size: int = 16,
+                        bank_seed: int | None = None) -> dict:
     """Write the trajectory split; returns its index. Every input is checked before the first Euler step."""
     grid = euler_sigmas(steps, shift)
     snapshot_sigmas = warped_step_sigmas(snapshot_steps, shift)
@@ -218,8 +268,12 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
         raise ValueError(f"Source split {source} carries no pixels or latents (its samples hold {members}): the "
                          "trajectories need the ground-truth videos. Point --source at a caption/video split "
                          "written by `oneforcing data toy` (e.g. data/toy/train).")
-    module, kind, velocity_for, fields = load_trajectory_teacher(teacher, block_size, use_ema, log)
-    module.encode_prompts([negative_prompt])  # a prompt the text encoder refuses fails here, not mid-export
+    if str(teacher) == EXACT and (block_size is not None or use_ema is not None):
+        raise ValueError("--block-size and --ema choose a causal teacher's layout and weights; the exact teacher "
+                         "has neither. Drop them.")
+    if str(teacher) != EXACT:
+        module, kind, velocity_for, fields = load_trajectory_teacher(teacher, block_size, use_ema, log)
+        module.encode_prompts([negative_prompt])  # a prompt the text encoder refuses fails here, not mid-export
     total = min(num_videos or index["total"], index["total"])
     urls = [str(Path(source) / s["name"]) for s in index["shards"]]
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), _decode_skipping_corrupt)
@@ -227,6 +281,8 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
     if first is None or not any(m in first for m in GROUND_TRUTH_MEMBERS):
         raise ValueError(f"Source split {source} has no readable sample with pixels or latents; regenerate it with "
                          "`oneforcing data toy`.")
+    if str(teacher) == EXACT:
+        module, kind, velocity_for, fields = load_exact_teacher(index, first, bank_size, bank_seed, negative_prompt, log)
     if kind == "causal_teacher_forcing":
         num_frames = _ground_truth_latents(module, [first]).shape[1]
         try:
@@ -283,6 +339,6 @@ def trajectories_command(cfg) -> None:
     index = export_trajectories(cfg.teacher, cfg.source, cfg.out, cfg.num_videos, cfg.steps, cfg.shift,
                                 cfg.guidance_scale, cfg.snapshot_steps, cfg.batch_size, cfg.seed, cfg.samples_per_shard,
                                 negative_prompt=cfg.negative_prompt, block_size=cfg.block_size, use_ema=cfg.use_ema,
-                                log=console.print)
+                                log=console.print, bank_size=cfg.bank_size, bank_seed=cfg.bank_seed)
     console.print(f"[green]Wrote {index['total']} {index['teacher_kind']} trajectories to {cfg.out} in "
                   f"{time.perf_counter() - start:.0f} s")
