@@ -229,3 +229,65 @@ def test_history_leaves_out_the_calls_own_block():
     cache, exits = filled_cache(capacity=4, remembered={0, 1}, frames=2)
     cache.begin_call(1, 1)  # block 1 again (e.g. its context pass): its own slots are not history
     assert gradients_through_history(cache, exits, cache.current[0]) == {0: (True, True), 1: (False, False)}
+
+
+def test_dmd_timestep_range_bounds():
+    DMD(min_timestep=0.0, max_timestep=1000.0)  # the closed range's ends are allowed
+    for lo, hi in ((500.0, 500.0), (-1.0, 980.0), (20.0, 1000.5)):
+        with pytest.raises(ValueError, match=f"got {lo}, {hi}"):
+            DMD(min_timestep=lo, max_timestep=hi)
+
+
+def test_gradient_window_positions_and_errors():
+    from oneforcing.objectives.rollout import gradient_window
+
+    assert gradient_window(5, 2, "head").tolist() == [True, True, False, False, False]
+    assert gradient_window(5, 2).tolist() == [False, False, False, True, True]
+    assert gradient_window(5, 5).dtype == torch.bool and gradient_window(5, 5).all()
+    assert gradient_window(5, 4, "head").tolist() == [True, True, True, True, False]
+    with pytest.raises(ValueError, match="gradient window position 'middle' is not 'tail' or 'head'"):
+        gradient_window(5, 2, "middle")
+
+
+def test_r1_and_r2_perturb_the_noised_samples_by_their_own_sigma(monkeypatch):
+    calls = []
+
+    def scores(self, ctx, x, sigma, context):
+        calls.append({"x": x.clone(), "sigma": sigma.clone(), "context": context.clone()})
+        return x.flatten(1).mean(1) * 3.0, torch.zeros_like(x)
+
+    monkeypatch.setattr(GAN, "scores", scores)
+    fake, real = latents(0), latents(1, offset=-2.0)
+    ctx = context_for(fake, stub_models(), real=real)
+    GAN(feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r2_weight=1.0, r2_sigma=0.05).critic_loss(ctx)
+    pair, r1_call, r2_call = calls
+    xf, xr = pair["x"].chunk(2)
+    for call, base, scale in ((r1_call, xr, 0.1), (r2_call, xf, 0.05)):
+        eta = (call["x"] - base) / scale
+        assert abs(float(eta.mean())) < 0.25 and abs(float(eta.std()) - 1) < 0.25, "x + σ_r·η with η ~ N(0, 1)"
+        assert torch.equal(call["sigma"], pair["sigma"][:B]) and torch.equal(call["context"], ctx.context)
+
+
+def test_trajectory_snapshot_index_covers_every_snapshot():
+    seen = {"bidirectional": set(), "teacher_forcing": set()}
+    for flavour in seen:
+        for seed in range(12):
+            generator = StubFullSequence(block_size=2)
+            batch = trajectory_batch()
+            ctx = context_for(latents(0), {"generator": generator}, real=latents(1), seed=seed, batch=batch)
+            TrajectoryDistillation(flavour=flavour).generator_loss(ctx)
+            sigma = generator.calls[0]["sigma"]  # (B, F), a snapshot σ of 1.0, 0.9 or 0.7
+            seen[flavour] |= {round(float(s), 3) for s in sigma.flatten()}
+    assert seen == {"bidirectional": {1.0, 0.9, 0.7}, "teacher_forcing": {1.0, 0.9, 0.7}}
+
+
+def test_kv_cache_defaults_dtype_and_capacity_error():
+    cache = KVCache(num_layers=1, batch_size=1, tokens_per_frame=2, num_heads=1, head_dim=3, capacity_frames=2)
+    assert (cache.sink_frames, cache.keep_gradient, cache.k.dtype) == (0, False, torch.float32)
+    cache.begin_call(0, 1)
+    cache.begin_call(1, 1)  # a block of 1 by default fits a 2-frame cache
+    half = KVCache(1, 1, 2, 1, 3, capacity_frames=3, dtype=torch.bfloat16)
+    assert half.k.dtype == torch.bfloat16 and half.v.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="cannot hold 2 sink frames plus a block of 2; make the window at least 4"):
+        KVCache(1, 1, 2, 1, 3, capacity_frames=3, sink_frames=2, max_block_frames=2)
+    KVCache(1, 1, 2, 1, 3, capacity_frames=4, sink_frames=2, max_block_frames=2)
