@@ -36,10 +36,11 @@ def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
     from oneforcing.commands.data import data_command
     from oneforcing.commands.evaluate import evaluate_command
     from oneforcing.commands.sample import sample_command
+    from oneforcing.commands.tiny_wan import tiny_wan_command
     from oneforcing.commands.vbench import vbench_command
 
     return {"data": data_command, "sample": sample_command, "evaluate": evaluate_command, "compare": compare_command,
-            "vbench": vbench_command}
+            "vbench": vbench_command, "tiny-wan": tiny_wan_command}
 
 
 OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
@@ -51,6 +52,7 @@ commands:
   evaluate                          toy-world metrics of one checkpoint or run (JSON + markdown)
   compare                           evaluations of several methods/seeds -> table, plots, GIF grid
   vbench                            a prompt file -> {prompt}-{index}.mp4 videos for VBench
+  tiny-wan                          a tiny random Wan2.1 diffusers folder (+ a released-format .pt) to try the real path
 """
 
 

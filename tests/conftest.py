@@ -78,3 +78,21 @@ def run_cli(args: list[str], timeout: float = 300, cwd: Path = REPO_ROOT) -> sub
 
 def describe(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+
+
+REAL_EXTRA = "needs the 'real' extra (transformers, sentencepiece, peft): pip install -e '.[real]'"
+
+
+def require_real_extra(*modules: str) -> None:
+    """Skip (with the reason written out) when the optional real-model packages are not installed."""
+    for module in modules or ("transformers", "sentencepiece"):
+        pytest.importorskip(module, reason=REAL_EXTRA)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> Path:
+    """Read-only tiny random Wan2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/)."""
+    require_real_extra()
+    from oneforcing.models.tiny_wan import write_tiny_wan
+
+    return write_tiny_wan(tmp_path_factory.mktemp("tiny_wan") / "Wan2.1-T2V-tiny-Diffusers")

@@ -10,7 +10,10 @@ import lightning as L
 import torch
 from safetensors.torch import save
 
+from oneforcing.models.lora import has_lora, merged_state_dict
 from oneforcing.video_io import atomic_write_bytes
+
+LORA_HPARAMS = ("generator_lora", "critic_lora")
 
 ExportDtype = Literal["float32", "float16", "bfloat16"]
 
@@ -19,16 +22,23 @@ def export_weights(module: L.LightningModule, path: str | Path, dtype: ExportDty
     """Save ``module``'s state dict to ``path`` (safetensors) with metadata to rebuild it.
 
     ``dtype`` casts floating-point tensors (e.g. ``"float16"`` halves a shipped file); loading casts them back
-    to the module's own dtype. Integer buffers keep theirs.
+    to the module's own dtype. Integer buffers keep theirs. LoRA adapters are merged into plain weights (and the
+    recorded ``*_lora`` settings cleared), so the file loads into a module or backbone without peft.
     """
     target = None if dtype is None else _torch_dtype(dtype)
+    hparams = dict(module.hparams)
+    if has_lora(module):
+        source = merged_state_dict(module)
+        hparams.update({k: None for k in LORA_HPARAMS if k in hparams})
+    else:
+        source = module.state_dict()
     state = {}
-    for key, value in module.state_dict().items():
+    for key, value in source.items():
         value = value.detach()
         if target is not None and value.is_floating_point():
             value = value.to(target)
         state[key] = value.contiguous().cpu()
-    meta = {"module": type(module).__name__, "hparams": json.dumps(dict(module.hparams))}
+    meta = {"module": type(module).__name__, "hparams": json.dumps(hparams)}
     atomic_write_bytes(path, save(state, metadata=meta))
     return Path(path)
 

@@ -15,7 +15,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_for_sampling, weights_choice
 from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import write_video
@@ -24,7 +24,9 @@ from oneforcing.video_io import write_video
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="oneforcing sample", description="Sample videos from a checkpoint.")
     p.add_argument("--config", action=ActionConfigFile)
-    p.add_argument("--checkpoint", type=str, required=True, help=".ckpt or exported .safetensors")
+    p.add_argument("--checkpoint", type=str, required=True,
+                   help=".ckpt, exported .safetensors, or with --released-config a reference trainer's released .pt")
+    add_released_arguments(p)
     p.add_argument("--prompt", type=str, action="append", default=None, help="a prompt (repeat the flag for more)")
     p.add_argument("--prompt-file", "--prompt_file", dest="prompt_file", type=str | None, default=None,
                    help="a text file with one prompt per line")
@@ -60,6 +62,16 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def add_released_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--released-config", "--released_config", dest="released_config", type=str | None, default=None,
+                   help="the checkpoint is a .pt released by Self-Forcing / Causal Forcing / One-Forcing (Wan's original "
+                        "naming); this recipe gives its architecture and schedule, e.g. "
+                        "configs/wan2.1/one_forcing_framewise.yaml")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir", type=str | None, default=None,
+                   help="with --released-config: the Wan2.1 diffusers folder for the VAE and umT5 (default: the "
+                        "recipe's model_dir)")
+
+
 def read_prompts(prompts: list[str] | None, prompt_file: str | None) -> list[str]:
     prompts = list(prompts or [])
     if prompt_file:
@@ -91,7 +103,7 @@ def streaming_videos(module, sampler: StreamingSampler, prompts: list[str], seed
 def sample_command(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
     prompts = read_prompts(cfg.prompt, cfg.prompt_file)
-    module = load_trained_module(cfg.checkpoint)
+    module = load_for_sampling(cfg.checkpoint, cfg.released_config, cfg.model_dir)
     for p in prompts:  # validate every prompt before sampling any
         module.encode_prompts([p])
     is_student = hasattr(module, "generator_weights")

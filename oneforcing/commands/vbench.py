@@ -15,15 +15,17 @@ from rich.console import Console
 from rich.progress import track
 
 from oneforcing.commands.evaluate import sample
-from oneforcing.commands.sample import read_prompts
-from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.commands.sample import add_released_arguments, read_prompts
+from oneforcing.lightning_modules.checkpoints import load_for_sampling
 from oneforcing.video_io import write_video
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="oneforcing vbench", description="Sample VBench prompts as {prompt}-{index}.mp4.")
     p.add_argument("--config", action=ActionConfigFile)
-    p.add_argument("--checkpoint", type=str, required=True, help=".ckpt or exported .safetensors")
+    p.add_argument("--checkpoint", type=str, required=True,
+                   help=".ckpt, exported .safetensors, or with --released-config a reference trainer's released .pt")
+    add_released_arguments(p)
     p.add_argument("--prompt-file", "--prompt_file", dest="prompt_file", type=str, required=True,
                    help="one prompt per line (e.g. VBench's prompts/all_dimension.txt)")
     p.add_argument("--out", type=str, required=True)
@@ -40,7 +42,8 @@ def vbench_name(prompt: str, index: int) -> str:
 
 
 def export_vbench(checkpoint: str, prompt_file: str, out: str | Path, samples_per_prompt: int = 5, seed: int = 0,
-                  steps: int | None = None, fps: int = 16) -> list[Path]:
+                  steps: int | None = None, fps: int = 16, released_config: str | None = None,
+                  model_dir: str | None = None) -> list[Path]:
     prompts = read_prompts(None, prompt_file)
     bad = [p for p in prompts if "/" in p or "\\" in p or p in (".", "..")]
     if bad:
@@ -48,7 +51,7 @@ def export_vbench(checkpoint: str, prompt_file: str, out: str | Path, samples_pe
                          "VBench names videos by their prompt, so edit or drop them.")
     if samples_per_prompt < 1:
         raise ValueError(f"--samples-per-prompt={samples_per_prompt} must be >= 1 (VBench's standard is 5).")
-    module = load_trained_module(checkpoint)
+    module = load_for_sampling(checkpoint, released_config, model_dir)
     for prompt in prompts:  # every prompt is checked against the text encoder before sampling any
         module.encode_prompts([prompt])
     out = Path(out)
@@ -63,5 +66,5 @@ def export_vbench(checkpoint: str, prompt_file: str, out: str | Path, samples_pe
 def vbench_command(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
     written = export_vbench(cfg.checkpoint, cfg.prompt_file, cfg.out, cfg.samples_per_prompt, cfg.seed, cfg.steps,
-                            cfg.fps)
+                            cfg.fps, cfg.released_config, cfg.model_dir)
     Console().print(f"[green]Wrote {len(written)} videos to {cfg.out}/[/green] (VBench naming: prompt-index.mp4)")

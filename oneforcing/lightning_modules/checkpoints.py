@@ -2,11 +2,14 @@
 
 Two formats: Lightning ``.ckpt`` files (read with ``torch.load(weights_only=True)``; hyper-parameters are
 plain types) and exported ``.safetensors`` files whose metadata name the module class and its
-hyper-parameters (written by the ``ExportWeights`` callback).
+hyper-parameters (written by the ``ExportWeights`` callback). A third, ``load_released_module``: a ``.pt``
+released by the reference trainers (Self-Forcing, Causal Forcing, One-Forcing; Wan's original naming), whose
+architecture and sampling schedule come from one of our recipe configs (``--released-config``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -16,7 +19,9 @@ from safetensors.torch import load_file
 
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.models.released_checkpoints import is_released_checkpoint, load_released, released_state
 from oneforcing.models.wan import safetensors_metadata
+from oneforcing.models.wan_folder import WanModelFolder, wan_components
 
 MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule,
                                                       "DistillationModule": DistillationModule}
@@ -40,6 +45,10 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         name, hparams, state = meta["module"], json.loads(meta["hparams"]), load_file(path)
     else:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if is_released_checkpoint(checkpoint):
+            raise ValueError(f"{path} is a checkpoint released by a reference trainer ({sorted(checkpoint)}): it records "
+                             "no architecture or schedule; pass --released-config with the matching recipe, e.g. "
+                             "configs/wan2.1/one_forcing_framewise.yaml (and --model-dir for the Wan2.1 folder).")
         if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
             raise ValueError(f"{path} is not a Lightning checkpoint of a oneforcing module (no state_dict/hyper_parameters).")
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
@@ -50,6 +59,8 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
     # LightningCLI records how it built the module ("_class_path", "_instantiator"); they are not arguments
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
     hparams = {k: (None if k in INIT_WEIGHT_KEYS else v) for k, v in hparams.items()}  # weights come from `state`
+    if hparams.get("model_dir"):  # the folder gives the codec and text encoder; the weights come from `state`
+        hparams["codec"], hparams["text_encoder"] = wan_components(hparams.pop("model_dir"))
     if name in INFERENCE_PREFIXES:
         hparams["objectives"] = []  # sampling needs the generator only
         state = {k: v for k, v in state.items() if k.startswith(INFERENCE_PREFIXES[name])}
@@ -57,6 +68,79 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
     module.configure_model()
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+def load_for_sampling(checkpoint: str | Path, released_config: str | None = None,
+                      model_dir: str | None = None) -> L.LightningModule:
+    """What ``sample`` / ``vbench`` run: our checkpoint or export, or (with ``released_config``) a released one."""
+    if released_config:
+        return load_released_module(checkpoint, released_config, model_dir)
+    if model_dir:
+        raise ValueError("--model-dir goes with --released-config (our checkpoints record their model_dir).")
+    return load_trained_module(checkpoint)
+
+
+def module_from_config(config: str | Path, overrides: dict | None = None, objects: dict | None = None) -> DistillationModule:
+    """A DistillationModule built from the ``model`` section of a recipe YAML: ``overrides`` replace config values
+    before parsing, ``objects`` (e.g. a ready codec) are passed to the constructor as they are."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config {path} does not exist (e.g. configs/wan2.1/one_forcing_framewise.yaml).")
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    if str(model.get("class_path", "")).rsplit(".", 1)[-1] != "DistillationModule":
+        raise ValueError(f"{path} does not configure a DistillationModule (model.class_path); pass a distillation "
+                         "recipe such as configs/wan2.1/one_forcing_framewise.yaml.")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DistillationModule, "model", instantiate=False)
+    parsed = parser.parse_object({"model": {**(model.get("init_args") or {}), **(overrides or {})}})
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return DistillationModule(**{**vars(instantiate(parsed).model), **(objects or {})})
+
+
+def load_released_module(path: str | Path, config: str | Path, model_dir: str | None = None) -> DistillationModule:
+    """A released reference checkpoint's generator (and EMA) in a module built from ``config`` for sampling.
+
+    ``config``: the recipe the checkpoint corresponds to (backbone, block layout, denoising steps, frames);
+    ``model_dir``: the Wan2.1 folder for the codec and text encoder (default: the config's ``model_dir``).
+    """
+    checkpoint = load_released(path)
+    folder = model_dir or _config_model_dir(config)
+    objects = {}
+    if folder:  # the folder gives the codec and text encoder; the generator's weights come from the checkpoint
+        WanModelFolder(folder).check()
+        objects["codec"], objects["text_encoder"] = wan_components(folder)
+    module = module_from_config(config, dict(objectives=[], teacher_weights=None, generator_weights=None,
+                                             critic_weights=None, model_dir=None), objects)
+    if folder:
+        WanModelFolder(folder).check(backbone=module.backbone_config, latent_channels=module.codec.latent_channels,
+                                     spatial_factor=module.codec.spatial_factor,
+                                     text_dim=module.backbone_config.text_dim)
+    module.configure_model()
+    roles = [r for r in ("generator", "generator_ema") if isinstance(checkpoint.get(r), dict)]
+    if not roles:
+        raise ValueError(f"{path} holds no generator weights (generator / generator_ema); it holds "
+                         f"{sorted(checkpoint)}. A critic alone cannot be sampled.")
+    states = {role: released_state(checkpoint, role, str(path))[1] for role in roles}
+    module.generator.load_state(states.get("generator", states.get("generator_ema")), path)
+    if "generator_ema" in states:
+        if module.generator_ema is None:
+            module.generator_ema = copy.deepcopy(module.generator).requires_grad_(False)
+        module.generator_ema.load_state(states["generator_ema"], path)
+        module.ema_initialised.fill_(True)
+    else:
+        module.generator_ema = None
+    module.released_roles = roles
+    return module.eval()
+
+
+def _config_model_dir(config: str | Path) -> str | None:
+    import yaml
+
+    model = (yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}
+    return (model.get("init_args") or {}).get("model_dir")
 
 
 def weights_choice(module: L.LightningModule, ema: bool | None) -> str:

@@ -29,8 +29,10 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
+from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
+from oneforcing.models.wan_folder import WanModelFolder, wan_components
 from oneforcing.objectives.base import ROLES, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
 from oneforcing.sampling.schedules import check_sigmas
@@ -59,7 +61,16 @@ class DistillationModule(L.LightningModule):
             required: a random critic's fake score makes DMD's first updates meaningless.
         generator_weights: generator initialisation (default: the teacher's weights, same shapes needed).
         critic_weights: critic initialisation (default: the teacher's weights).
-        codec, text_encoder: as for the teacher (toy defaults).
+        codec, text_encoder: as for the teacher (toy defaults; with ``model_dir``, its Wan VAE and umT5).
+        model_dir: a Wan2.1 diffusers folder (``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``), the one
+            setting that points the module at a model: the generator, critic and teacher start from its
+            ``transformer/`` unless ``generator_weights`` / ``critic_weights`` / ``teacher_weights`` say otherwise,
+            and the codec and text encoder read its ``vae/``, ``text_encoder/`` and ``tokenizer/`` unless given.
+            When the folder exists its layout and configs are checked against the backbone when the module is
+            built; a missing folder fails when the weights load (``configure_model``).
+        generator_lora, critic_lora: LoRA adapters (``oneforcing.models.lora.LoRAConfig``: rank, alpha,
+            target_modules) on the generator / critic after their weights load; only the adapters train, and
+            ``generator_weights()`` and the export merge them into plain weights. Needs peft (the ``real`` extra).
         num_frames, frame_size: latent frames per roll-out and pixel frame size (side, or (height, width)).
         block_size, first_block_size: the generator's block layout (first-frame enhancement: e.g. 4 then 1).
         denoising_steps: nominal steps per block, warped with ``warp_shift`` (e.g. [1000] or [1000, 750, 500, 250]).
@@ -80,7 +91,6 @@ class DistillationModule(L.LightningModule):
         nonfinite_patience: consecutive non-finite losses skipped before the run stops with an error.
     """
 
-    # pragma: no mutate block (Lightning's save_hyperparameters reads this frame; mutmut's trampoline hides it)
     def __init__(
         self,
         objectives: list[Objective],
@@ -89,6 +99,7 @@ class DistillationModule(L.LightningModule):
         teacher_weights: str | None = None,
         generator_weights: str | None = None,
         critic_weights: str | None = None,
+        model_dir: str | None = None,
         teacher: nn.Module | None = None,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
@@ -114,7 +125,9 @@ class DistillationModule(L.LightningModule):
         ema_start: int | None = 50,
         seed: int = 0,
         nonfinite_patience: int = 20,
-    ) -> None:
+        generator_lora: LoRAConfig | dict | None = None,
+        critic_lora: LoRAConfig | dict | None = None,
+    ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut's trampoline hides it)
         super().__init__()
         self.automatic_optimization = False
         self.backbone_config = _config(backbone, WanConfig())
@@ -124,6 +137,12 @@ class DistillationModule(L.LightningModule):
         self.hparams["teacher_backbone"] = dataclasses.asdict(self.teacher_config)
         self.hparams["denoising_steps"] = list(denoising_steps)
         self.hparams["first_block_steps"] = list(first_block_steps) if first_block_steps else None
+        self.generator_lora, self.critic_lora = as_lora_config(generator_lora), as_lora_config(critic_lora)
+        for name, lora in (("generator_lora", self.generator_lora), ("critic_lora", self.critic_lora)):
+            self.hparams[name] = dataclasses.asdict(lora) if lora else None  # plain types: loads with weights_only
+        if model_dir:
+            wan_codec, wan_text = wan_components(model_dir)
+            codec, text_encoder = codec or wan_codec, text_encoder or wan_text
         self.objectives = nn.ModuleList(objectives)
         self.codec = codec or SpaceToDepthCodec(factor=2)
         self.text_encoder = text_encoder or ToyTextEncoder()
@@ -148,7 +167,7 @@ class DistillationModule(L.LightningModule):
             unknown = set(o.roles) - set(ROLES)
             if unknown:
                 problems.append(f"{type(o).__name__} declares unknown roles {sorted(unknown)}")
-            if "teacher" in o.roles and not hp.teacher_weights and self.teacher is None:
+            if "teacher" in o.roles and not (hp.teacher_weights or hp.model_dir) and self.teacher is None:
                 problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
                                 "(e.g. assets/toy_teacher.safetensors) or model.init_args.teacher (e.g. "
                                 "oneforcing.data.exact_bank.ExactToyTeacher)")
@@ -158,6 +177,10 @@ class DistillationModule(L.LightningModule):
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
         problems += self.backbone_config.io_problems(self.codec, self.text_encoder)
+        if hp.model_dir and WanModelFolder(hp.model_dir).root.exists():  # a missing folder fails when weights load
+            problems += WanModelFolder(hp.model_dir).problems(
+                backbone=self.backbone_config, latent_channels=self.codec.latent_channels,
+                spatial_factor=self.codec.spatial_factor, text_dim=self.backbone_config.text_dim)
         if isinstance(self.text_encoder, ToyTextEncoder):
             try:
                 self.text_encoder.tokenize(hp.negative_prompt)
@@ -184,7 +207,7 @@ class DistillationModule(L.LightningModule):
         if hp.teacher_weights:
             problems.append("both teacher and teacher_weights are set; give one (the critic and generator start "
                             "from critic_weights / generator_weights, e.g. assets/toy_teacher.safetensors)")
-        if "critic" in self.roles and not hp.critic_weights:
+        if "critic" in self.roles and not (hp.critic_weights or hp.model_dir):
             problems.append("the critic has no initialisation: with model.init_args.teacher set, set "
                             "model.init_args.critic_weights (e.g. assets/toy_teacher.safetensors, the neural teacher)")
         if isinstance(self.teacher, ExactTeacher):
@@ -207,20 +230,24 @@ class DistillationModule(L.LightningModule):
         hp = self.hparams
         self.generator = CausalWanBackbone(self.backbone_config, block_size=hp.block_size,
                                            first_block_size=hp.first_block_size)
-        generator_init = hp.generator_weights or hp.teacher_weights
+        generator_init = hp.generator_weights or hp.model_dir or hp.teacher_weights
         if generator_init:
             self.generator.load_weights(generator_init)
+        if self.generator_lora:
+            apply_lora(self.generator, self.generator_lora)
         if self.teacher is not None:
             self.teacher.requires_grad_(False).eval()
         elif "teacher" in self.roles:
             self.teacher = WanBackbone(self.teacher_config)
-            self.teacher.load_weights(hp.teacher_weights)
+            self.teacher.load_weights(hp.teacher_weights or hp.model_dir)
             self.teacher.requires_grad_(False).eval()
         if "critic" in self.roles:
             self.critic = WanBackbone(self.backbone_config)
-            critic_init = hp.critic_weights or hp.teacher_weights
+            critic_init = hp.critic_weights or hp.model_dir or hp.teacher_weights
             if critic_init:
                 self.critic.load_weights(critic_init)
+            if self.critic_lora:
+                apply_lora(self.critic, self.critic_lora)
         if hp.ema_start is not None:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         for objective in self.objectives:
@@ -371,7 +398,7 @@ class DistillationModule(L.LightningModule):
             (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
             generator_opt.zero_grad(set_to_none=True)
             if self.critic is not None:
-                self.critic.requires_grad_(True)
+                set_trainable(self.critic, True)  # a LoRA critic's base weights stay frozen
             self.objectives.requires_grad_(True)
             if finite:
                 self._update_ema(iteration)
@@ -391,7 +418,7 @@ class DistillationModule(L.LightningModule):
                 opt.optimizer.step()  # not counted: one counted step per iteration
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            self.generator.requires_grad_(True)
+            set_trainable(self.generator, True)  # a LoRA generator's base weights stay frozen
             logs.update(step_logs)
         self.iteration += 1
         if batch.get("num_skipped") is not None:
@@ -440,7 +467,9 @@ class DistillationModule(L.LightningModule):
         return self.generator_ema is not None and bool(self.ema_initialised)
 
     def generator_weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        return (self.generator_ema if use_ema and self.has_ema else self.generator).state_dict()
+        """The generator's (or its EMA's) state dict; LoRA adapters are merged into plain weights."""
+        source = self.generator_ema if use_ema and self.has_ema else self.generator
+        return merged_state_dict(source) if has_lora(source) else source.state_dict()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,

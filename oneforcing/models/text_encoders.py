@@ -69,38 +69,65 @@ class UMT5TextEncoder(nn.Module):
     """Wan's umT5-XXL encoder from a local diffusers/transformers directory; padding positions zeroed.
 
     Loads on first use, so that configs build and validate without the weights; ``dim`` is umT5-XXL's 4096.
+    ``tokenizer``: the tokenizer folder (default: the sibling ``tokenizer`` folder of ``path``, as in a Wan2.1
+    diffusers folder, else ``path`` itself); its vocabulary is checked against the encoder's embedding table.
+    The frozen encoder is kept out of the module's state dict (checkpoints hold trained weights only) and runs on
+    the device the module was moved to.
     """
 
-    def __init__(self, path: str, max_length: int = 512, dtype: str = "bfloat16", dim: int = 4096) -> None:
+    def __init__(self, path: str, max_length: int = 512, dtype: str = "bfloat16", dim: int = 4096,
+                 tokenizer: str | None = None) -> None:
         super().__init__()
         self.path, self.max_length, self.dtype, self.dim = path, max_length, dtype, dim
-        self.tokenizer = self.model = None
+        self.tokenizer_path = tokenizer
+        self._loaded: dict = {}  # a plain dict: not a submodule, not in state_dict()
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)  # follows .to(device)
+
+    @property
+    def tokenizer(self):
+        return self._loaded.get("tokenizer")
+
+    @property
+    def model(self):
+        return self._loaded.get("model")
 
     def load(self) -> None:
         if self.model is not None:
             return
         from transformers import AutoTokenizer, UMT5EncoderModel
 
+        from oneforcing.models.wan_folder import tokenizer_vocab_problem
+
         root = Path(self.path)
-        if not root.is_dir():
+        if not (root / "config.json").is_file():
             raise FileNotFoundError(
-                f"umT5 directory {root} does not exist. Point text_encoder.path at a local copy of the Wan2.1 "
-                "diffusers folder's text_encoder (its tokenizer is read from the sibling 'tokenizer' folder)."
+                f"umT5 directory {root} does not exist or has no config.json. Point text_encoder.path (or model_dir) "
+                "at a local copy of the Wan2.1 diffusers folder's text_encoder (its tokenizer is read from the "
+                "sibling 'tokenizer' folder)."
             )
-        tokenizer_dir = root.parent / "tokenizer" if (root.parent / "tokenizer").is_dir() else root
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        sibling = root.parent / "tokenizer"
+        tokenizer_dir = Path(self.tokenizer_path) if self.tokenizer_path else (sibling if sibling.is_dir() else root)
+        if not tokenizer_dir.is_dir():
+            raise FileNotFoundError(f"Tokenizer directory {tokenizer_dir} does not exist; set the text encoder's "
+                                    "tokenizer to the Wan2.1 folder's 'tokenizer' folder.")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         model = UMT5EncoderModel.from_pretrained(root, torch_dtype=getattr(torch, self.dtype), local_files_only=True)
         if model.config.d_model != self.dim:
-            raise ValueError(f"{root} gives {model.config.d_model}-dim tokens, the config says {self.dim}.")
-        self.model = model.requires_grad_(False)
+            raise ValueError(f"{root} gives {model.config.d_model}-dim tokens, the config says {self.dim}; set the "
+                             f"text encoder's dim and backbone.text_dim to {model.config.d_model}.")
+        problem = tokenizer_vocab_problem(len(tokenizer), model.config.vocab_size, tokenizer_dir, root)
+        if problem:
+            raise ValueError(f"Tokenizer and text encoder do not match: {problem}.")
+        self._loaded.update(tokenizer=tokenizer, model=model.requires_grad_(False).eval())
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
         self.load()
+        model = self._loaded["model"] = self.model.to(self._device_probe.device)
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
-        ).to(self.model.device)
-        hidden = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        ).to(model.device)
+        hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return hidden * tokens.attention_mask[..., None].to(hidden.dtype)  # (B, L, D), padding zeroed
 
 

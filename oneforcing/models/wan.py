@@ -17,6 +17,9 @@ from diffusers import WanTransformer3DModel
 from einops import rearrange
 from torch import nn
 
+from oneforcing.models.released_checkpoints import is_original_naming, is_released_checkpoint, released_state, to_diffusers
+from oneforcing.models.wan_folder import LAYOUT, WanModelFolder
+
 
 @dataclass
 class WanConfig:
@@ -104,22 +107,14 @@ class WanBackbone(nn.Module):
         nn.init.zeros_(transformer.proj_out.bias)
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
-        """Load a diffusers-format folder or a safetensors file; shape mismatches are reported together."""
+        """Load weights: a diffusers transformer folder, the root of a Wan2.1 diffusers folder (its
+        ``transformer/``), a safetensors file, a torch file, or a reference trainer's released ``.pt`` (its
+        ``generator``) in Wan's original naming; shape mismatches are reported together."""
         path = Path(path)
-        if path.is_dir():
-            from safetensors.torch import load_file
+        self.load_state(read_backbone_state(path), path, strict)
 
-            files = sorted(path.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"{path} holds no *.safetensors weights (expected a diffusers transformer folder).")
-            state = {}
-            for f in files:
-                state.update(load_file(f))
-        elif path.is_file():
-            state = load_state_file(path)
-        else:
-            raise FileNotFoundError(f"Weights {path} do not exist; check the path in the config.")
-        state = strip_prefixes(select_backbone(state))
+    def load_state(self, state: dict[str, torch.Tensor], path: str | Path, strict: bool = True) -> None:
+        """Load a diffusers-named transformer state dict read from ``path`` (named in the errors)."""
         own = self.transformer.state_dict()
         mismatched = [
             f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -146,6 +141,30 @@ class WanBackbone(nn.Module):
 
 
 WEIGHT_PREFIXES = ("model.", "generator.", "teacher.", "transformer.")
+
+
+def read_backbone_state(path: Path) -> dict[str, torch.Tensor]:
+    """diffusers-named backbone weights from any of the files ``WanBackbone.load_weights`` accepts."""
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        if not any(path.glob("*.safetensors")) and WanModelFolder.looks_like(path):
+            path = WanModelFolder(path).transformer  # the root of a Wan2.1 diffusers folder
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no *.safetensors weights: expected a diffusers transformer folder "
+                                    f"or a Wan2.1 diffusers folder with {LAYOUT}.")
+        state = {}
+        for f in files:
+            state.update(load_file(f))
+    elif path.is_file():
+        state = load_state_file(path)
+        if is_released_checkpoint(state):
+            return released_state(state, source=str(path))[1]
+    else:
+        raise FileNotFoundError(f"Weights {path} do not exist; check the path in the config.")
+    state = strip_prefixes(select_backbone(state))
+    return to_diffusers(state, str(path)) if is_original_naming(state) else state
 
 
 def select_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
