@@ -4,7 +4,8 @@ models/discriminator.py, per feature layer ℓ_r with register q_r (RMSNorm-ed l
     a = MHA(query = q_r, keys/values = LN_affine(h_ℓr))   (RMSNorm on q and k, no mask)
     tok = q_r + a;   out_r = tok + FFN(LN(tok)),   FFN = Linear, GELU(tanh), Linear
     logit = Linear(SiLU(Linear(LN_affine([out_1, …, out_R]))))
-with every norm at eps = 1e-6 and registers drawn from N(0, 0.02²). The hidden states here have a tiny
+with the register and pool norms at eps = 1e-6 (the logit LayerNorm at torch's default) and registers
+drawn from N(0, 0.02²). The hidden states here have a tiny
 variance, so that a norm's eps (1e-6 against torch's 1e-5 default) changes the result.
 """
 
@@ -114,3 +115,15 @@ def test_head_errors_name_every_problem():
                                          "one register per feature layer"):
         DiscriminatorHead(16, 3, feature_layers=[0, 3], num_registers=1)
     DiscriminatorHead(16, 3, feature_layers=[2], num_registers=1)  # the last block is a valid feature layer
+
+
+def test_every_norm_has_the_documented_eps_and_affine_parameters():
+    head = DiscriminatorHead(16, 3, feature_layers=[1, 2], num_registers=2, ffn_dim=24, num_heads=4)
+    norms = [m for m in head.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
+    assert len(norms) == 1 + 4 * 2 + 1  # the register norm, 4 per pool, the logit's
+    assert all(m.eps == EPS for m in norms[:-1]) and head.logit[0] is norms[-1] and norms[-1].eps == 1e-5
+    for pool in head.pools:
+        assert pool.norm_kv.weight is not None and pool.norm_kv.bias is not None, "LN_affine on the hidden states"
+        assert pool.norm_ffn.weight is None, "the FFN's LayerNorm is not affine"
+        assert pool.norm_q.weight is not None and pool.norm_k.weight is not None
+    assert head.logit[0].weight is not None and head.logit[0].bias is not None
