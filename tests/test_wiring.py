@@ -22,6 +22,7 @@ from oneforcing.objectives.dmd import DMD
 from oneforcing.objectives.gan import GAN
 from oneforcing.objectives.rollout import Rollout, gradient_window, self_forcing_rollout
 from oneforcing.objectives.sid import SiD
+from oneforcing.objectives.timesteps import sample_score_sigma
 from oneforcing.objectives.trajectory import TrajectoryDistillation
 from oneforcing.sampling import streaming
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
@@ -150,9 +151,14 @@ def test_gan_generator_loss_scores_the_noised_sample(monkeypatch, relativistic):
     weights = torch.randn(NF, C, H, W, generator=torch.Generator().manual_seed(5))
     calls = recording_scores(monkeypatch, weights)
     fake, real = latents(3, grad=True), latents(4, offset=-OFFSET)
-    gan = GAN(feature_layers=[0], num_registers=1, relativistic=relativistic)
-    loss, _ = gan.generator_loss(context_for(fake, {}, real=real))
+    gan = GAN(feature_layers=[0], num_registers=1, relativistic=relativistic, critic_timestep_shift=3.0)
+    ctx = context_for(fake, {}, real=real)
+    loss, _ = gan.generator_loss(ctx)
     (call,) = calls
+    sigma = sample_score_sigma(B, torch.Generator().manual_seed(11), 3.0)  # the critic's σ draw, its own shift
+    halves = 2 if relativistic else 1
+    assert torch.equal(call["sigma"], sigma.repeat(halves))
+    assert torch.equal(call["context"], ctx.context.repeat(halves, 1, 1))
     D = lambda v: (v * weights).flatten(1).sum(1) / v[0].numel()  # noqa: E731
     if relativistic:
         xf, xr = call["x"].chunk(2)
