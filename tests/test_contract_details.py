@@ -211,3 +211,50 @@ def test_sampler_schedules_name_the_bad_list_and_pass_blocks_on():
         from oneforcing.models.flow_matching import warped_step_sigmas
 
         warped_step_sigmas([], 5.0)
+
+
+def test_each_trainable_role_gets_its_own_adamw_settings(tmp_path):
+    from safetensors.torch import save_file
+
+    from oneforcing.lightning_modules.distillation import DistillationModule
+    from oneforcing.models.wan import WanBackbone
+
+    tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
+                out_channels=12, text_dim=46)
+    torch.manual_seed(0)
+    path = tmp_path / "t.safetensors"
+    save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**tiny)).state_dict().items()}, path)
+    module = DistillationModule([DMD(), GAN(feature_layers=[1], num_registers=1, head_lr=3e-3)], backbone=tiny,
+                                teacher_weights=str(path), generator_lr=1e-4, critic_lr=2e-5, betas=(0.1, 0.9),
+                                weight_decay=0.05, ema_start=None)
+    module.configure_model()
+    generator_opt, critic_opt, head_opt = module.configure_optimizers()
+    assert [(o.defaults["lr"], o.defaults["betas"], o.defaults["weight_decay"]) for o in (generator_opt, critic_opt)] \
+        == [(1e-4, (0.1, 0.9), 0.05), (2e-5, (0.1, 0.9), 0.05)]
+    assert head_opt.defaults["lr"] == 3e-3 and head_opt.defaults["weight_decay"] == 0.05
+    assert {id(p) for g in generator_opt.param_groups for p in g["params"]} == {id(p) for p in module.generator.parameters()}
+
+
+def test_checkpoints_gather_every_ranks_noise_state(monkeypatch):
+    """On save, the per-rank generators' states of all ranks are gathered (resume restores each rank's own)."""
+    from oneforcing.lightning_modules.distillation import DistillationModule
+
+    tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
+                out_channels=12, text_dim=46)
+    module = DistillationModule([CausalDiffusion()], backbone=tiny)
+    module.seed_generators(0)
+    trainer = type("T", (), {"world_size": 2})()
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: trainer))
+    module._trainer = trainer
+    other = torch.Generator().manual_seed(99).get_state()
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda out, state: out.__setitem__(slice(None), [state, other]))
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    states = checkpoint["oneforcing_rng"]["rank"]
+    assert len(states) == 2 and torch.equal(states[0], module.rank_rng.get_state()) and torch.equal(states[1], other)
+    assert torch.equal(checkpoint["oneforcing_rng"]["shared"], module.shared_rng.get_state())
+    module.on_load_checkpoint(checkpoint)
+    module.seed_generators(1)
+    assert torch.equal(module.rank_rng.get_state(), other), "rank 1 resumes from its own gathered state"
