@@ -48,6 +48,8 @@ OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harn
 commands:
   fit | validate | test | predict   Lightning training/evaluation from a YAML config (oneforcing fit --help)
   data toy                          write the built-in toy world as webdataset shards
+  data encode | prompts             your videos + captions / prompts -> Wan VAE latents, umT5 embeddings in shards
+  data trajectories                 a teacher's ODE trajectories as shards (trajectory distillation)
   sample                            videos (GIF/MP4) from a trained checkpoint and prompts
   evaluate                          toy-world metrics of one checkpoint or run (JSON + markdown)
   compare                           evaluations of several methods/seeds -> table, plots, GIF grid

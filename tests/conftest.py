@@ -96,3 +96,55 @@ def tiny_wan_dir(tmp_path_factory) -> Path:
     from oneforcing.models.tiny_wan import write_tiny_wan
 
     return write_tiny_wan(tmp_path_factory.mktemp("tiny_wan") / "Wan2.1-T2V-tiny-Diffusers")
+
+
+# --- users' own videos and prompts on the tiny Wan (data encode / prompts) ---------------------------------
+# Clips of 21 frames (6 latent frames: fits framewise, chunkwise (3) and first-4-then-1 layouts) of 32×32 at 8 fps.
+WAN_CLIP = dict(num_frames=21, height=32, width=32, fps=8.0)
+GOOD_VIDEOS = 4
+USER_PROMPTS = ("a cat walks on the beach at sunset", "a drone flies over a snowy mountain", "two dogs play in a park",
+                "a red circle moving left quickly")
+
+
+def write_test_videos(root: Path) -> Path:
+    """GOOD_VIDEOS usable mp4s (24 frames of 40×48 at 8 fps, .txt captions) and one of each bad kind: too short,
+    too tall (a 67 % crop), no caption, not a video."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+
+    def video(name: str, frames: int, height: int, width: int, caption: str | None, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        base = rng.integers(0, 200, (1, height, width, 3))
+        x = (base + 2 * np.arange(frames)[:, None, None, None]).clip(0, 255).astype(np.uint8)  # (F, H, W, 3)
+        iio.imwrite(root / name, x, extension=".mp4", fps=8, codec="libx264", macro_block_size=1)
+        if caption:
+            (root / name).with_suffix(".txt").write_text(caption)
+
+    for i in range(GOOD_VIDEOS):
+        video(f"clip{i}.mp4", 24, 40, 48, USER_PROMPTS[i], i)
+    video("short.mp4", 10, 40, 48, "a cat", 10)
+    video("tall.mp4", 24, 96, 32, "a dog", 11)
+    video("uncaptioned.mp4", 24, 40, 48, None, 12)
+    (root / "broken.mp4").write_bytes(b"not a video")
+    (root / "broken.txt").write_text("a drone")
+    return root
+
+
+@pytest.fixture(scope="session")
+def wan_user_data(tmp_path_factory, tiny_wan_dir) -> dict[str, Path]:
+    """Read-only: the test videos, their `data encode` split (``latents/train``; ``val`` links to it) and a
+    `data prompts` split (``prompts/train``, ``val`` linked) on the tiny Wan."""
+    from oneforcing.commands.encode import cache_prompts, encode_videos
+
+    root = tmp_path_factory.mktemp("wan_user_data")
+    videos = write_test_videos(root / "videos")
+    encode_videos(str(videos), str(root / "latents" / "train"), str(tiny_wan_dir), **WAN_CLIP, samples_per_shard=2,
+                  progress=False)
+    (root / "prompt_list.txt").write_text("\n".join(USER_PROMPTS) + "\n")
+    cache_prompts(str(root / "prompt_list.txt"), str(root / "prompts" / "train"), str(tiny_wan_dir), progress=False)
+    for split_root in (root / "latents", root / "prompts"):
+        (split_root / "val").symlink_to(split_root / "train", target_is_directory=True)
+    return {"videos": videos, "latents": root / "latents", "prompts": root / "prompts",
+            "prompt_list": root / "prompt_list.txt"}

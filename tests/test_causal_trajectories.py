@@ -258,8 +258,9 @@ def test_block_size_and_ema_choice(toy_data, tmp_path):
     assert (cfg.trajectories.block_size, cfg.trajectories.use_ema, cfg.trajectories.negative_prompt) == (2, False,
                                                                                                         "a red circle")
     defaults = build_parser().parse_args(["trajectories", "--teacher", "t", "--source", "s", "--out", "o"]).trajectories
+    # negative prompt None: the source's cached one (`data encode`), else "" (toy sources cache none)
     assert (defaults.block_size, defaults.use_ema, defaults.negative_prompt, defaults.guidance_scale) == (None, None,
-                                                                                                          "", 4.0)
+                                                                                                          None, 4.0)
     assert build_parser().parse_args(["trajectories", "--teacher", "t", "--source", "s", "--out", "o",
                                       "--ema", "true"]).trajectories.use_ema is True
 

@@ -1,4 +1,8 @@
-"""``oneforcing data toy``: write the procedural toy world as webdataset shards (train and val splits)."""
+"""``oneforcing data toy|trajectories|encode|prompts``: data sets as webdataset shards.
+
+``toy`` writes the procedural toy world (train and val splits); ``trajectories`` a teacher's ODE trajectories
+(commands/trajectories.py); ``encode`` and ``prompts`` users' videos and prompts (commands/encode.py).
+"""
 
 from __future__ import annotations
 
@@ -32,9 +36,11 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--background", type=str, default="flat", choices=list(BACKGROUNDS),
                      help="flat (the default world) or textured (the earlier world)")
     sub.add_subcommand("toy", toy)
+    from oneforcing.commands.encode import add_parsers
     from oneforcing.commands.trajectories import add_parser
 
     add_parser(sub)
+    add_parsers(sub)
     return parser
 
 
@@ -72,7 +78,11 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
 
 def data_command(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
-    if cfg.kind == "trajectories":
+    if cfg.kind in ("encode", "prompts"):
+        from oneforcing.commands.encode import encode_command, prompts_command
+
+        encode_command(cfg.encode) if cfg.kind == "encode" else prompts_command(cfg.prompts)
+    elif cfg.kind == "trajectories":
         from oneforcing.commands.trajectories import trajectories_command
 
         trajectories_command(cfg.trajectories)

@@ -13,8 +13,12 @@ The teacher kind follows from the checkpoint's module class:
     ``forward_teacher_forcing(x, σ per frame, context, clean=ground truth)``, all frames at the same σ, so
     each block continues the ground-truth clean context the causal-ODE student sees (algorithm-notes §6.3,
     "Causal Forcing flavour"; the reference uses w = 6).
+  * a Wan2.1 diffusers folder (``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) → ``bidirectional``: its
+    transformer is the teacher, its VAE and umT5 the codec and text encoder.
 Both write the same members and index fields; the index adds ``teacher_kind``, the block layout, the
-teacher's weights (EMA or raw generator) and the negative prompt (the unconditional CFG branch).
+teacher's weights (EMA or raw generator) and the negative prompt (the unconditional CFG branch). A source written
+by ``oneforcing data encode`` carries cached caption embeddings and the negative prompt's: they condition the
+teacher (umT5 is not loaded) and are carried over, so the trajectory split trains without a text encoder too.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from rich.console import Console
 from rich.progress import Progress
 
 from oneforcing.data.datamodule import _decode_skipping_corrupt
+from oneforcing.data.prompt_cache import PROMPT_MEMBER, load_negative, pad_contexts, save_negative
 from oneforcing.data.shards import encode_sample, read_index, write_shards
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
 from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import euler_sigmas, warped_step_sigmas
+from oneforcing.models.wan import WanConfig
+from oneforcing.models.wan_folder import BACKBONE_FIELDS, WanModelFolder, wan_components
 from oneforcing.sampling.euler import VelocityFn, euler_sample
 
 TEACHER_KINDS = {"TeacherModule": "bidirectional", "DistillationModule": "causal_teacher_forcing"}
@@ -118,6 +125,8 @@ def load_trajectory_teacher(path: str | Path, block_size: int | None = None, use
     with ``block_size`` (default: the trained one) and its EMA weights (``use_ema`` None: EMA when present).
     """
     path = Path(path)
+    if path.is_dir() and WanModelFolder.looks_like(path):
+        return load_wan_folder_teacher(path, block_size, use_ema, log)
     try:
         module = load_trained_module(path, expected=tuple(TEACHER_KINDS))
     except RuntimeError as error:  # a strict state-dict load that misses keys
@@ -159,6 +168,28 @@ def load_trajectory_teacher(path: str | Path, block_size: int | None = None, use
         f"({layout}, {'EMA' if ema else 'raw generator'} weights '{weights}')")
     fields = dict(teacher_kind=kind, block_size=block_size, first_block_size=first_block_size, teacher_weights=weights)
     return module, kind, lambda clean: teacher_forcing_velocity(generator, clean), fields
+
+
+def load_wan_folder_teacher(path: Path, block_size: int | None, use_ema: bool | None,
+                            log: Callable[[str], None]):
+    """(module, kind, velocity for a ground-truth batch, index fields) of a Wan2.1 diffusers folder's transformer as
+    the bidirectional teacher, with the folder's VAE and umT5 (loaded only when used)."""
+    if block_size is not None or use_ema is not None:
+        raise ValueError(f"--block-size and --ema choose a causal teacher's layout and weights; {path} is a Wan2.1 "
+                         "folder (a bidirectional teacher). Drop them.")
+    folder = WanModelFolder(path)
+    problems = folder.layout_problems()
+    if problems:
+        raise ValueError(f"Teacher folder {path} is not a Wan2.1 diffusers folder:\n  - " + "\n  - ".join(problems))
+    recorded = folder.config("transformer")
+    backbone = WanConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in recorded.items()
+                            if k in BACKBONE_FIELDS})
+    codec, text_encoder = wan_components(path)
+    module = TeacherModule(backbone=backbone, codec=codec, text_encoder=text_encoder, init_weights=str(path))
+    module.configure_model()
+    log(f"Teacher {path}: a Wan2.1 diffusers folder → bidirectional teacher (its transformer/, vae/, text_encoder/)")
+    fields = dict(teacher_kind="bidirectional", block_size=None, first_block_size=None, teacher_weights="transformer")
+    return module, "bidirectional", lambda clean: module.model, fields
 
 
 class ExactTrajectoryTeacher:
@@ -236,8 +267,9 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=4.0,
                    help="CFG weight w in uncond + w·(cond − uncond) (the papers' g is w − 1; Causal Forcing's "
                         "causal-ODE export uses w = 6)")
-    p.add_argument("--negative-prompt", "--negative_prompt", dest="negative_prompt", type=str, default="",
-                   help="text of the unconditional CFG branch (default: the empty prompt)")
+    p.add_argument("--negative-prompt", "--negative_prompt", dest="negative_prompt", type=str | None, default=None,
+                   help="text of the unconditional CFG branch (default: the source's cached negative prompt, "
+                        "written by `oneforcing data encode`, else the empty prompt)")
     p.add_argument("--snapshot-steps", "--snapshot_steps", dest="snapshot_steps", type=list[float],
                    default=[1000.0, 750.0, 500.0, 250.0], help="nominal student steps, warped with --shift")
     p.add_argument("--block-size", "--block_size", dest="block_size", type=int | None, default=None,
@@ -255,7 +287,7 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                         shift: float = 5.0, guidance_scale: float = 4.0,
                         snapshot_steps: list[float] = (1000.0, 750.0, 500.0, 250.0), batch_size: int = 16,
                         seed: int = 0, samples_per_shard: int = 256, progress: bool = True,
-                        negative_prompt: str = "", block_size: int | None = None, use_ema: bool | None = None,
+                        negative_prompt: str | None = None, block_size: int | None = None, use_ema: bool | None = None,
                         log: Callable[[str], None] = lambda message: None, bank_size: int = 16,
                         bank_seed: int | None = None) -> dict:
     """Write the trajectory split; returns its index. Every input is checked before the first Euler step."""
@@ -271,9 +303,13 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
     if str(teacher) == EXACT and (block_size is not None or use_ema is not None):
         raise ValueError("--block-size and --ema choose a causal teacher's layout and weights; the exact teacher "
                          "has neither. Drop them.")
+    if negative_prompt is None:
+        negative_prompt = index.get("negative_prompt", "")
+    cached_negative = load_negative(source) if index.get("negative_prompt") == negative_prompt else None
     if str(teacher) != EXACT:
         module, kind, velocity_for, fields = load_trajectory_teacher(teacher, block_size, use_ema, log)
-        module.encode_prompts([negative_prompt])  # a prompt the text encoder refuses fails here, not mid-export
+        if cached_negative is None:
+            module.encode_prompts([negative_prompt])  # a prompt the text encoder refuses fails here, not mid-export
     total = min(num_videos or index["total"], index["total"])
     urls = [str(Path(source) / s["name"]) for s in index["shards"]]
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), _decode_skipping_corrupt)
@@ -291,6 +327,17 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
             raise ValueError(f"The causal teacher's block layout does not fit the source's {num_frames} latent "
                              f"frames ({error}); pass a --block-size that does.") from None
     sigmas_tensor = torch.tensor(snapshot_sigmas, dtype=torch.float32)
+    cached_prompts = PROMPT_MEMBER in first
+    if cached_prompts or cached_negative is not None:
+        length = module.text_encoder.context_length
+
+    def contexts(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(captions' contexts, negative prompt's) (B, L, D): the source's cached embeddings when it has them."""
+        cond = (pad_contexts([s[PROMPT_MEMBER] for s in batch], length).float() if cached_prompts
+                else module.encode_prompts([s["caption"] for s in batch]))
+        uncond = (pad_contexts([cached_negative] * len(batch), length).float() if cached_negative is not None
+                  else module.encode_prompts([negative_prompt] * len(batch)))
+        return cond, uncond
 
     def batches():
         batch = []
@@ -311,13 +358,12 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                 x0 = _ground_truth_latents(module, batch)  # (B, F, C, H, W)
                 noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed + done + i))
                                      for i in range(len(batch))])
-                trajectory, output = sample_trajectory(
-                    velocity_for(x0), noise, module.encode_prompts([s["caption"] for s in batch]),
-                    module.encode_prompts([negative_prompt] * len(batch)), grid, guidance_scale, indices)
+                trajectory, output = sample_trajectory(velocity_for(x0), noise, *contexts(batch), grid, guidance_scale,
+                                                       indices)
                 for i, s in enumerate(batch):
                     attributes = dict(s["attributes"], trajectory_steps=steps, trajectory_shift=shift,
                                       trajectory_guidance=guidance_scale, noise_seed=seed + done + i)
-                    truth = {m: s[m] for m in GROUND_TRUTH_MEMBERS if m in s}
+                    truth = {m: s[m] for m in (*GROUND_TRUTH_MEMBERS, PROMPT_MEMBER) if m in s}
                     yield encode_sample(s["key"], {**truth, "trajectory": trajectory[i].half(),
                                                    "trajectory_sigmas": sigmas_tensor, "ode_output": output[i].half()},
                                         s["caption"], attributes)
@@ -328,6 +374,10 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
 
     meta = dict(kind="trajectories", teacher=str(teacher), steps=steps, shift=shift, guidance_scale=guidance_scale,
                 snapshot_sigmas=snapshot_sigmas, source=str(source), negative_prompt=negative_prompt, **fields)
+    if cached_prompts:
+        meta.update({k: index[k] for k in ("context_length", "context_dim", "model_dir") if k in index})
+    if cached_negative is not None:  # carried over: the trajectory split trains without a text encoder too
+        save_negative(out, cached_negative)
     module.eval()
     with torch.no_grad():
         return write_shards(samples(), out, samples_per_shard, meta=meta)

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 import webdataset as wds
 
+from oneforcing.data.prompt_cache import PROMPT_MEMBER, load_negative, pad_contexts
 from oneforcing.data.shards import decode_sample, read_index
 
 _skipped_in_this_worker = 0  # per process: each dataloader worker has its own
@@ -56,6 +57,9 @@ def collate(samples: list[dict]) -> dict:
     }
     if "pixels" in samples[0]:
         batch["pixels"] = torch.stack([s["pixels"] for s in samples]).float() / 127.5 - 1.0
+    if PROMPT_MEMBER in samples[0]:  # cached contexts without padding rows: padded to the batch's longest
+        rows = [s[PROMPT_MEMBER] for s in samples]
+        batch[PROMPT_MEMBER] = pad_contexts(rows, max(r.shape[0] for r in rows)).float()  # (B, n, D)
     for name in samples[0]:
         if name not in batch and name not in ("url", "pixels") and torch.is_tensor(samples[0][name]):
             batch[name] = torch.stack([s[name] for s in samples]).float()  # latents, trajectories, ...
@@ -136,6 +140,14 @@ class ShardDataModule(L.LightningDataModule):
             self.train_index = read_index(self.root / "train")
         if stage in ("fit", "validate"):
             self.val_index = read_index(self.root / "val")
+
+    def cached_negative_prompt(self) -> tuple[str, torch.Tensor] | None:
+        """(text, (n, D) embedding) of the train split's cached negative prompt (``oneforcing data prompts`` /
+        ``encode``), or None when the split caches none."""
+        embedding = load_negative(self.root / "train")
+        if embedding is None or self.train_index is None or "negative_prompt" not in self.train_index:
+            return None
+        return self.train_index["negative_prompt"], embedding
 
     def _ranks(self) -> tuple[int, int]:
         trainer = self.trainer

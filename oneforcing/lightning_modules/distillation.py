@@ -23,8 +23,11 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from oneforcing.data.datamodule import ShardDataModule
+from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
@@ -281,9 +284,35 @@ class DistillationModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         index = getattr(datamodule, "train_index", None) if datamodule is not None else None
         problems = [p for o in self.objectives for p in o.check_data(index)]
+        if isinstance(datamodule, ShardDataModule) and index is not None:
+            problems += self._adopt_cached_prompts(datamodule, index)
         if problems:
             raise ValueError("The training data do not fit the objectives:\n  - " + "\n  - ".join(problems))
         self.seed_generators(self.global_rank)
+
+    def _adopt_cached_prompts(self, datamodule: ShardDataModule, index: dict) -> list[str]:
+        """Check the split's cached prompt embeddings (``oneforcing data prompts`` / ``encode``) against the text
+        encoder's shape, and take its cached negative prompt as the unconditional context (no text encoder call)."""
+        hp, problems = self.hparams, []
+        length, dim = self.text_encoder.context_length, self.backbone_config.text_dim
+        if PROMPT_MEMBER in {m.split(".")[0] for m in index.get("members", [])}:
+            if (index.get("context_length"), index.get("context_dim")) != (length, dim):
+                problems.append(f"the cached prompt embeddings are {index.get('context_length')} tokens of "
+                                f"{index.get('context_dim')} (index.json) but the text encoder gives {length} of {dim}; "
+                                "re-encode the data with this model's text encoder (oneforcing data prompts / encode "
+                                "--model-dir)")
+        cached = datamodule.cached_negative_prompt()
+        if cached is not None:
+            text, embedding = cached
+            if text != hp.negative_prompt:
+                if "teacher" in self.roles:  # only the teacher's CFG reads the negative prompt
+                    rank_zero_warn(f"The training data cache the negative prompt {text[:40]!r}... but "
+                                   f"model.init_args.negative_prompt is {hp.negative_prompt[:40]!r}...: the text "
+                                   "encoder encodes it for the teacher's CFG. Set negative_prompt to the cached text, or "
+                                   "re-run `oneforcing data prompts / encode --negative-prompt`.")
+            elif embedding.shape[-1] == dim and embedding.shape[0] <= length:
+                self._negative_embedding = pad_contexts([embedding], length).to(self.device)  # (1, L, D)
+        return problems
 
     def seed_generators(self, rank: int) -> None:
         """Per-rank noise (rank_rng) and rank-shared draws (shared_rng, e.g. the exit step), or the restored states."""
@@ -325,10 +354,18 @@ class DistillationModule(L.LightningModule):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder(prompts).to(self.device)
 
+    def batch_context(self, batch: dict) -> torch.Tensor:
+        """(B, L, D) contexts of the batch's captions: its cached ``prompt_embedding`` (padded back to the text
+        encoder's length) when the data carry one, else the text encoder's."""
+        if PROMPT_MEMBER in batch:
+            return pad_contexts(batch[PROMPT_MEMBER], self.text_encoder.context_length).to(self.device)
+        return self.encode_prompts(batch["caption"])
+
     def uncond_context(self, batch_size: int) -> torch.Tensor:
         """(B, L, D) embedding of ``negative_prompt``, encoded once and repeated (the references cache it too)."""
-        if self._negative_embedding is None or self._negative_embedding.device != self.device:
+        if self._negative_embedding is None:  # or cached by the data (on_fit_start)
             self._negative_embedding = self.encode_prompts([self.hparams.negative_prompt]).detach()
+        self._negative_embedding = self._negative_embedding.to(self.device)
         return self._negative_embedding.expand(batch_size, *self._negative_embedding.shape[1:])
 
     _negative_embedding: torch.Tensor | None = None
@@ -381,7 +418,9 @@ class DistillationModule(L.LightningModule):
         head_opts = optimizers[2:]  # objectives' own optimizers (e.g. a GAN head), stepped with the critic's
         iteration = int(self.iteration)
         logs = {}
-        prompts = (self.encode_prompts(batch["caption"]), self.uncond_context(len(batch["caption"])))
+        # the unconditional context is the teacher's CFG branch: without a teacher it is never encoded
+        uncond = self.uncond_context(len(batch["caption"])) if "teacher" in self.roles else None
+        prompts = (self.batch_context(batch), uncond)
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
         if generator_due:
             if self.critic is not None:

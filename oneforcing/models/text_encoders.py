@@ -38,6 +38,11 @@ class ToyTextEncoder(nn.Module):
         self.index = {w: i for i, w in enumerate(VOCABULARY)}
         self.dim = len(VOCABULARY) + max_tokens
 
+    @property
+    def context_length(self) -> int:
+        """L of the (B, L, D) contexts (cached embeddings are padded back to it)."""
+        return self.max_tokens
+
     def tokenize(self, prompt: str) -> list[int]:
         words = _WORD.findall(prompt.lower())
         unknown = sorted({w for w in words if w not in self.index})
@@ -82,6 +87,11 @@ class UMT5TextEncoder(nn.Module):
         self.tokenizer_path = tokenizer
         self._loaded: dict = {}  # a plain dict: not a submodule, not in state_dict()
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)  # follows .to(device)
+
+    @property
+    def context_length(self) -> int:
+        """L of the (B, L, D) contexts (cached embeddings are padded back to it)."""
+        return self.max_length
 
     @property
     def tokenizer(self):

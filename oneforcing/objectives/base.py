@@ -28,7 +28,7 @@ class StepContext:
 
     batch: dict
     context: torch.Tensor                 # (B, L, D) prompt embedding
-    uncond_context: torch.Tensor          # (B, L, D) empty-prompt embedding (CFG)
+    uncond_context: torch.Tensor | None   # (B, L, D) negative-prompt embedding (CFG); None without a teacher
     real_latents: torch.Tensor | None     # (B, F, C, H, W) ground truth, when the data carry it
     models: dict[str, nn.Module]          # role -> model
     rng: torch.Generator                  # every random draw of an objective comes from here
