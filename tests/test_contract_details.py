@@ -258,3 +258,64 @@ def test_checkpoints_gather_every_ranks_noise_state(monkeypatch):
     module.on_load_checkpoint(checkpoint)
     module.seed_generators(1)
     assert torch.equal(module.rank_rng.get_state(), other), "rank 1 resumes from its own gathered state"
+
+
+def fake_trainer(module, train_index):
+    """Attach a stand-in trainer whose datamodule carries ``train_index`` (what on_fit_start reads)."""
+    datamodule = type("DM", (), {"train_index": train_index})()
+    trainer = type("T", (), {"datamodule": datamodule, "world_size": 1, "global_rank": 0})()
+    module._trainer = trainer
+    return trainer
+
+
+@pytest.fixture
+def trainer_property(monkeypatch):
+    from oneforcing.lightning_modules.distillation import DistillationModule
+
+    monkeypatch.setattr(DistillationModule, "trainer", property(lambda self: self._trainer))
+
+
+TINY_ARGS = dict(backbone=dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32,
+                               in_channels=12, out_channels=12, text_dim=46))
+
+
+def test_trajectory_snapshots_are_checked_against_the_students_steps(trainer_property):
+    from oneforcing.lightning_modules.distillation import DistillationModule
+
+    module = DistillationModule([TrajectoryDistillation()], denoising_steps=[1000, 750, 500, 250], **TINY_ARGS)
+    fake_trainer(module, {"kind": "trajectories", "snapshot_sigmas": [1.0, 0.9375, 0.8333333, 0.625]})
+    module._check_trajectory_data()  # the warped 4-step list at shift 5 matches to 1e-5
+    for snapshots in ([1.0, 0.9375, 0.8333], [1.0, 0.9375, 0.8333, 0.62], [1.0, 0.9375, 0.8333, 0.625, 0.5]):
+        fake_trainer(module, {"snapshot_sigmas": snapshots})
+        with pytest.raises(ValueError) as error:
+            module._check_trajectory_data()
+        assert str(error.value).startswith(f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not "
+                                           "match the student's steps σ=[1.0, 0.9375, 0.8333, 0.625]; set "
+                                           "denoising_steps to the nominal steps")
+    fake_trainer(module, {"kind": "toy"})
+    with pytest.raises(ValueError, match=r"^TrajectoryDistillation needs trajectory shards \(written by `oneforcing "
+                                         r"data trajectories`\); the train split's index.json records no snapshot_sigmas"):
+        module._check_trajectory_data()
+    fake_trainer(module, None)
+    with pytest.raises(ValueError, match="records no snapshot_sigmas"):
+        module._check_trajectory_data()
+    DistillationModule([CausalDiffusion()], **TINY_ARGS)._check_trajectory_data()  # no trajectory objective: no check
+
+
+def test_on_fit_start_reports_every_objectives_data_problem_and_seeds_the_rank(trainer_property):
+    from oneforcing.lightning_modules.distillation import DistillationModule
+
+    module = DistillationModule([GAN(feature_layers=[0], num_registers=1),
+                                 GAN(feature_layers=[0], num_registers=1, real_source="ode")], **TINY_ARGS)
+    fake_trainer(module, {"world": "prompts", "members": ["caption.txt"]})
+    with pytest.raises(ValueError) as error:
+        module.on_fit_start()
+    message = str(error.value)
+    assert message.startswith("The training data do not fit the objectives:\n  - GAN(real_source='data') needs real")
+    assert "\n  - GAN(real_source='ode') needs trajectory shards" in message
+    module = DistillationModule([CausalDiffusion()], seed=7, **TINY_ARGS)
+    fake_trainer(module, {"world": "toy", "members": ["pixels.safetensors"]})
+    module.on_fit_start()
+    expected = torch.Generator().manual_seed(7 + 1000 * 0 + 1)
+    assert torch.equal(module.rank_rng.get_state(), expected.get_state())
+    assert torch.equal(module.shared_rng.get_state(), torch.Generator().manual_seed(7).get_state())
