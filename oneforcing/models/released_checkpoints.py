@@ -79,17 +79,18 @@ def diffusers_to_original_key(key: str) -> str | None:
     return _rename(key, _inverse(_MODULES), _inverse(_PARAMETERS), _inverse(_BLOCK_MODULES), _inverse(_BLOCK_PARAMETERS))
 
 
+def strip_leading(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` without any run of leading ``prefixes`` ('model.transformer.blocks.0' -> 'blocks.0')."""
+    while (prefix := next((p for p in prefixes if key.startswith(p)), None)) is not None:
+        key = key[len(prefix):]
+    return key
+
+
 def strip_wrappers(key: str) -> str:
     """'model._fsdp_wrapped_module.blocks.0...' / 'module.model.blocks.0...' -> 'blocks.0...'."""
     for infix in WRAPPER_INFIXES:
         key = key.replace(infix, "")
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
+    return strip_leading(key, WRAPPER_PREFIXES)
 
 
 def is_original_naming(state: dict) -> bool:

@@ -17,7 +17,13 @@ from diffusers import WanTransformer3DModel
 from einops import rearrange
 from torch import nn
 
-from oneforcing.models.released_checkpoints import is_original_naming, is_released_checkpoint, released_state, to_diffusers
+from oneforcing.models.released_checkpoints import (
+    is_original_naming,
+    is_released_checkpoint,
+    released_state,
+    strip_leading,
+    to_diffusers,
+)
 from oneforcing.models.wan_folder import LAYOUT, WanModelFolder
 
 
@@ -205,16 +211,7 @@ def _as_tuple(value):
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys of a module export ('model.transformer.blocks.0...') -> diffusers keys ('blocks.0...')."""
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WEIGHT_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
+    return {strip_leading(key, WEIGHT_PREFIXES): value for key, value in state.items()}
 
 
 def own_is_meta(state: dict[str, torch.Tensor]) -> bool:
