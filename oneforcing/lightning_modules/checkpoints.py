@@ -47,8 +47,9 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if is_released_checkpoint(checkpoint):
             raise ValueError(f"{path} is a checkpoint released by a reference trainer ({sorted(checkpoint)}): it records "
-                             "no architecture or schedule; pass --released-config with the matching recipe, e.g. "
-                             "configs/wan2.1/one_forcing_framewise.yaml (and --model-dir for the Wan2.1 folder).")
+                             "no architecture or schedule. `oneforcing sample` and `oneforcing vbench` run it with --released-config "
+                             "and the matching recipe, e.g. configs/wan2.1/one_forcing_framewise.yaml (and --model-dir "
+                             "for the Wan2.1 folder); `oneforcing evaluate` measures toy-world models only.")
         if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
             raise ValueError(f"{path} is not a Lightning checkpoint of a oneforcing module (no state_dict/hyper_parameters).")
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
