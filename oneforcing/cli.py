@@ -14,6 +14,8 @@ from collections.abc import Callable
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+import oneforcing.engines.fsdp2  # noqa: F401  (registers the `fsdp2` strategies by name)
+
 
 class OneForcingCLI(LightningCLI):
     """LightningCLI with subclass mode for model and data (``class_path`` / ``init_args`` in YAML)."""

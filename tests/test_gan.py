@@ -22,13 +22,13 @@ def test_head_gives_one_logit_per_video_from_the_chosen_layers():
     critic = WanBackbone(WanConfig(**TINY))
     head = DiscriminatorHead(24, 2, [0, 1], 2, ffn_dim=16, num_heads=2)
     x, context = torch.randn(3, 4, 12, 8, 8), torch.randn(3, 5, 46)
-    logits = head(critic, x, torch.rand(3), context)
+    logits = head(critic, x, torch.rand(3), context)[0]
     assert logits.shape == (3, 1)
     assert not critic.transformer.blocks[0]._forward_hooks, "hooks are removed after the call"
     head_last = DiscriminatorHead(24, 2, [1], 1, ffn_dim=16, num_heads=2)
     x2 = x.clone()
     x2[:, :, :, 0, 0] += 1.0
-    assert (head_last(critic, x2, torch.rand(3), context) - head_last(critic, x, torch.rand(3), context)).abs().max() > 0
+    assert (head_last(critic, x2, torch.rand(3), context)[0] - head_last(critic, x, torch.rand(3), context)[0]).abs().max() > 0
 
 
 def test_bad_head_configs_fail_clearly():

@@ -193,7 +193,7 @@ def test_discriminator_head_pools_the_configured_layers_in_register_order():
     features = {}
     hooks = [critic.transformer.blocks[i].register_forward_hook(
         lambda m, a, out, i=i: features.__setitem__(i, out)) for i in (0, 1)]
-    logits, velocity = head.score(critic, x, sigma, context)
+    logits, velocity = head(critic, x, sigma, context)
     for hook in hooks:
         hook.remove()
     registers = head.register_norm(head.registers)

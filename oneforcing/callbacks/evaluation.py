@@ -6,7 +6,8 @@ teacher's Euler sampler, a student's streaming sampler) and logs every metric of
 ``oneforcing.evaluation.metrics.evaluate_videos`` as ``eval/<metric>``, and the bank metrics
 (``eval/bank_precision``, ``eval/bank_coverage``) on the bank set of ``oneforcing.evaluation.toy_evaluation``
 (the first ``num_videos // samples_per_caption`` captions, ``samples_per_caption`` samples each; 0 skips them).
-The other ranks wait at no cost; nothing is reduced across ranks. Sampling noise is fixed (``seed``), so the
+The other ranks wait at no cost (under FSDP2 they sample too, as its forward gathers parameters
+collectively); nothing is reduced across ranks. Sampling noise is fixed (``seed``), so the
 curves move with the weights only.
 """
 
@@ -16,11 +17,11 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from oneforcing.data.exact_bank import BANK_SEED
 from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, bank_set,
                                                   real_toy_set, toy_metrics)
+from oneforcing.models.sharded import is_sharded
 
 
 class ToyEvaluation(L.Callback):
@@ -51,12 +52,12 @@ class ToyEvaluation(L.Callback):
         if not hasattr(pl_module, "generate"):
             raise TypeError(f"ToyEvaluation needs a module with generate(prompts, seed); {type(pl_module).__name__} has none.")
 
-    @rank_zero_only
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On rank 0, or on every rank when the module is sharded (FSDP2 gathers parameters collectively)."""
         from oneforcing.evaluation.feature_net import load_feature_net
 
         step = trainer.global_step
-        if step == self._last_step or trainer.logger is None:
+        if step == self._last_step or trainer.logger is None or not (trainer.is_global_zero or is_sharded(pl_module)):
             return
         self._last_step = step
         hp = pl_module.hparams
@@ -72,6 +73,8 @@ class ToyEvaluation(L.Callback):
             metrics, _ = toy_metrics(lambda chunk, seed: pl_module.generate(chunk, seed=seed), real, prompts,
                                      self._net, self.seed, batch_size=self.num_videos, bank=self._bank)
         pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and not math.isnan(value):
                 trainer.logger.experiment.add_scalar(f"eval/{name}", value, step)

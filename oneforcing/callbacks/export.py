@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save
 
 from oneforcing.models.lora import has_lora, merged_state_dict
+from oneforcing.models.sharded import full_state_dict, is_sharded
 from oneforcing.video_io import atomic_write_bytes
 
 LORA_HPARAMS = ("generator_lora", "critic_lora")
@@ -18,20 +19,21 @@ LORA_HPARAMS = ("generator_lora", "critic_lora")
 ExportDtype = Literal["float32", "float16", "bfloat16"]
 
 
-def export_weights(module: L.LightningModule, path: str | Path, dtype: ExportDtype | None = None) -> Path:
+def export_weights(module: L.LightningModule, path: str | Path, dtype: ExportDtype | None = None,
+                   state: dict[str, torch.Tensor] | None = None) -> Path:
     """Save ``module``'s state dict to ``path`` (safetensors) with metadata to rebuild it.
 
     ``dtype`` casts floating-point tensors (e.g. ``"float16"`` halves a shipped file); loading casts them back
     to the module's own dtype. Integer buffers keep theirs. LoRA adapters are merged into plain weights (and the
-    recorded ``*_lora`` settings cleared), so the file loads into a module or backbone without peft.
+    recorded ``*_lora`` settings cleared), so the file loads into a module or backbone without peft. ``state``: the
+    module's whole state when it is sharded (``full_state_dict``, gathered on every rank).
     """
     target = None if dtype is None else _torch_dtype(dtype)
     hparams = dict(module.hparams)
+    source = module.state_dict() if state is None else state
     if has_lora(module):
-        source = merged_state_dict(module)
+        source = merged_state_dict(module, source)
         hparams.update({k: None for k in LORA_HPARAMS if k in hparams})
-    else:
-        source = module.state_dict()
     state = {}
     for key, value in source.items():
         value = value.detach()
@@ -65,7 +67,8 @@ class ExportWeights(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
+        state = full_state_dict(pl_module) if is_sharded(pl_module) else None  # FSDP2: every rank gathers
         if trainer.is_global_zero:
             path = Path(self.path or Path(log_dir or ".") / "weights.safetensors")
-            export_weights(pl_module, path, dtype=self.dtype)
+            export_weights(pl_module, path, dtype=self.dtype, state=state)
             print(f"[oneforcing] weights written to {path}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from oneforcing.models.sharded import is_sharded
 from oneforcing.video_io import log_gif_to_tensorboard, video_grid, write_video
 
 DEFAULT_PROMPTS = (
@@ -18,7 +19,8 @@ DEFAULT_PROMPTS = (
 
 
 class SampleVideoLogger(L.Callback):
-    """Calls ``pl_module.generate(prompts, seed)`` on rank 0 after validation.
+    """Calls ``pl_module.generate(prompts, seed)`` on rank 0 after validation (on every rank when the module is
+    sharded: FSDP2's forward gathers parameters collectively; rank 0 logs).
 
     Args:
         prompts: captions to sample (fixed, so that runs and steps compare).
@@ -35,9 +37,11 @@ class SampleVideoLogger(L.Callback):
         if trainer.sanity_checking:
             return
         log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
+        if not (trainer.is_global_zero or is_sharded(pl_module)):
+            return
+        videos = pl_module.generate(self.prompts, seed=self.seed)  # (N, F, 3, H, W); FSDP2: every rank samples
         if not trainer.is_global_zero:
             return
-        videos = pl_module.generate(self.prompts, seed=self.seed)  # (N, F, 3, H, W)
         grid = video_grid(videos)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -1,7 +1,7 @@
 """Loading trained modules for sampling and evaluation without unpickling arbitrary code.
 
-Two formats: Lightning ``.ckpt`` files (read with ``torch.load(weights_only=True)``; hyper-parameters are
-plain types) and exported ``.safetensors`` files whose metadata name the module class and its
+Lightning ``.ckpt`` files (read with ``torch.load(weights_only=True)``; hyper-parameters are plain types),
+the sharded checkpoint folders of the ``fsdp2`` strategy (gathered whole on one process) and exported ``.safetensors`` files whose metadata name the module class and its
 hyper-parameters (written by the ``ExportWeights`` callback). A third, ``load_released_module``: a ``.pt``
 released by the reference trainers (Self-Forcing, Causal Forcing, One-Forcing; Wan's original naming), whose
 architecture and sampling schedule come from one of our recipe configs (``--released-config``).
@@ -33,9 +33,13 @@ INIT_WEIGHT_KEYS = ("init_weights", "teacher_weights", "generator_weights", "cri
 def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = None) -> L.LightningModule:
     """Rebuild a module from a checkpoint or exported weights; ``expected`` restricts the accepted classes."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-    if path.suffix == ".safetensors":
+    if path.is_dir():
+        checkpoint = read_sharded_checkpoint(path)
+        hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
+        name = checkpoint.get("oneforcing_module") or "TeacherModule"
+    elif path.suffix == ".safetensors":
         meta = safetensors_metadata(path)
         if "module" not in meta:
             raise ValueError(
@@ -69,6 +73,21 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
     module.configure_model()
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+def read_sharded_checkpoint(path: str | Path) -> dict:
+    """A distributed checkpoint folder (FSDP2: a ``.distcp`` shard per rank and ``meta.pt``) as one whole
+    Lightning checkpoint dict, read on one process."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    path = Path(path)
+    if not (path / "meta.pt").is_file() or not any(path.glob("*.distcp")):
+        raise ValueError(f"{path} is a folder but not a sharded checkpoint (no meta.pt and *.distcp shards written by "
+                         "the fsdp2 strategy). Pass a .ckpt file, an exported .safetensors or a checkpoint folder.")
+    checkpoint = _load_distributed_checkpoint(path)
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path} is not a sharded checkpoint of a oneforcing module (no state_dict/hyper_parameters).")
+    return checkpoint
 
 
 def load_for_sampling(checkpoint: str | Path, released_config: str | None = None,

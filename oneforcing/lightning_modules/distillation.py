@@ -32,6 +32,7 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
+from oneforcing.models.sharded import full_state_dict, full_tensor
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -256,6 +257,14 @@ class DistillationModule(L.LightningModule):
         for objective in self.objectives:
             objective.configure(self.critic)
 
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units of every role (``oneforcing.engines.fsdp2``): each Wan block and transformer of the
+        generator, its EMA, the critic and a Wan teacher (frozen: sharded, no optimizer), and objectives' heads."""
+        roles = (self.generator, self.generator_ema, self.critic,
+                 self.teacher if isinstance(self.teacher, WanBackbone) else None)
+        return [unit for role in roles if role is not None for unit in role.shard_units()] + \
+            [unit for objective in self.objectives for unit in objective.shard_units()]
+
     @property
     def generator_objectives(self) -> list[Objective]:
         return [o for o in self.objectives if o.has_generator_loss]
@@ -431,8 +440,8 @@ class DistillationModule(L.LightningModule):
             finite = self.nonfinite.is_finite(self, loss, "generator")
             if finite:
                 self.manual_backward(loss)
-                logs["generator/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.generator.parameters(),
-                                                                             hp.generator_grad_clip)
+                logs["generator/grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(
+                    self.generator.parameters(), hp.generator_grad_clip))
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
             generator_opt.zero_grad(set_to_none=True)
@@ -451,7 +460,7 @@ class DistillationModule(L.LightningModule):
                 self.manual_backward(loss)
                 for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):
                     params = [p for g in opt.optimizer.param_groups for p in g["params"]]
-                    logs[f"{name}/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, hp.critic_grad_clip)
+                    logs[f"{name}/grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(params, hp.critic_grad_clip))
             critic_opt.step()  # counted by Lightning; without gradients (a skipped step) it changes nothing
             for opt in head_opts:
                 opt.optimizer.step()  # not counted: one counted step per iteration
@@ -506,9 +515,11 @@ class DistillationModule(L.LightningModule):
         return self.generator_ema is not None and bool(self.ema_initialised)
 
     def generator_weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
-        """The generator's (or its EMA's) state dict; LoRA adapters are merged into plain weights."""
+        """The generator's (or its EMA's) whole state dict; LoRA adapters are merged into plain weights. A
+        collective when the roles are sharded (FSDP2): every rank must call it."""
         source = self.generator_ema if use_ema and self.has_ema else self.generator
-        return merged_state_dict(source) if has_lora(source) else source.state_dict()
+        state = full_state_dict(source)
+        return merged_state_dict(source, state) if has_lora(source) else state
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,

@@ -68,13 +68,14 @@ class DiscriminatorHead(nn.Module):
         self.logit = nn.Sequential(nn.LayerNorm(num_registers * dim), nn.Linear(num_registers * dim, dim), nn.SiLU(),
                                    nn.Linear(dim, 1))
 
-    def forward(self, critic: nn.Module, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1) of noisy latents x (B, F, C, H, W) at σ (B,), via the critic's hidden states."""
-        return self.score(critic, x, sigma, context)[0]
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units, inner first: each pool, the logit MLP, then the head (registers)."""
+        return [*self.pools, self.logit, self]
 
-    def score(self, critic: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
-              context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, 1), the critic's velocity (B, F, C, H, W)) from one critic forward."""
+    def forward(self, critic: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
+                context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, 1), the critic's velocity (B, F, C, H, W)) of noisy latents x (B, F, C, H, W) at σ (B,),
+        from one critic forward."""
         features: dict[int, torch.Tensor] = {}
         blocks = critic.transformer.blocks
         hooks = [blocks[layer].register_forward_hook(

@@ -67,11 +67,12 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 
 
 @torch.no_grad()
-def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` with every LoRA layer folded into its base layer's plain ``weight``/``bias`` keys."""
+def merged_state_dict(module: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` (or ``state``, e.g. the whole state of a sharded module) with every LoRA layer
+    folded into its base layer's plain ``weight``/``bias`` keys: W + (alpha / rank)·B·A."""
     from peft.tuners.lora import LoraLayer
 
-    state = module.state_dict()
+    state = dict(module.state_dict() if state is None else state)
     for name, layer in module.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
@@ -81,7 +82,8 @@ def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
             if base is None:
                 continue
             if leaf == "weight" and ADAPTER in layer.lora_A:
-                base = base + layer.get_delta_weight(ADAPTER).to(base.dtype)
+                down, up = state[f"{prefix}lora_A.{ADAPTER}.weight"], state[f"{prefix}lora_B.{ADAPTER}.weight"]
+                base = base + (layer.scaling[ADAPTER] * (up.float() @ down.float())).to(base.dtype)  # (out, in)
             state[f"{prefix}{leaf}"] = base
         for key in [k for k in state if k.startswith(prefix) and LORA_MARKER in k[len(prefix):]]:
             del state[key]

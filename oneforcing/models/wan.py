@@ -97,6 +97,10 @@ class WanBackbone(nn.Module):
         out = self.transformer(hidden, timestep, context.to(x.dtype), return_dict=False)[0]
         return rearrange(out, "b c f h w -> b f c h w")
 
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units, inner first: each transformer block, then the transformer (embeddings, output head)."""
+        return [*self.transformer.blocks, self.transformer]
+
     @torch.no_grad()
     def adaln_zero_init_(self) -> None:
         """adaLN-Zero (DiT, Peebles & Xie 2023, §3.2) for training from scratch: every block's modulation

@@ -91,5 +91,9 @@ class Objective(nn.Module):
         """AdamW settings ({'lr', 'betas'}) for this objective's own parameters, or None: they train with the critic."""
         return None
 
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units (inner first) covering this objective's parameters; none by default."""
+        return []
+
     def configure(self, critic) -> None:
         """Build parameters that depend on the critic's shapes (called once the roles exist)."""

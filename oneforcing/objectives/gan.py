@@ -103,6 +103,9 @@ class GAN(Objective):
             self.head = DiscriminatorHead(cfg.dim, cfg.num_layers, self.feature_layers, self.num_registers,
                                           self.head_ffn_dim, self.head_num_heads)
 
+    def shard_units(self) -> list[nn.Module]:
+        return self.head.shard_units() if self.head is not None else []
+
     def check(self, module) -> list[str]:
         num_layers = module.backbone_config.num_layers
         problems = [f"GAN feature layer {layer} does not exist in the critic ({num_layers} blocks: 0..{num_layers - 1})"
@@ -142,7 +145,7 @@ class GAN(Objective):
     def scores(self, ctx: StepContext, x: torch.Tensor, sigma: torch.Tensor,
                context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B,), the critic's velocity (B, F, C, H, W)) from one critic pass."""
-        logits, velocity = self.head.score(ctx.models["critic"], x, sigma, context)
+        logits, velocity = self.head(ctx.models["critic"], x, sigma, context)
         return logits.float().squeeze(-1), velocity
 
     def logits(self, ctx: StepContext, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

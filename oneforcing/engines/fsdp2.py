@@ -1,0 +1,138 @@
+"""FSDP2 for every role: Lightning's ``ModelParallelStrategy`` with one data-parallel mesh dimension, and
+``fully_shard`` applied per unit the module lists (each Wan block, each role's transformer, the discriminator
+head), the frozen teacher and the generator's EMA included (design §9).
+
+Mixed precision is FSDP2's: parameters are all-gathered in ``param_dtype`` for compute, gradients reduced in
+``reduce_dtype``, the sharded master weights and the optimizer state stay fp32, and unit outputs are cast back
+to fp32 so the objectives' maths stays fp32. Checkpoints are distributed (a folder with a shard per rank),
+written atomically (a killed save leaves the previous checkpoint); ``oneforcing sample`` / ``evaluate`` and
+``load_trained_module`` read such a folder back whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+try:  # torch's default process-group timeout (30 min)
+    from torch.distributed.constants import default_pg_timeout
+except ImportError:  # pragma: no cover
+    default_pg_timeout = timedelta(minutes=30)
+
+Dtype = Literal["float32", "bfloat16"]
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully shard every role of a module that lists its units (``shard_units()``) over all processes.
+
+    Args:
+        param_dtype: dtype the parameters are all-gathered in for forward and backward ("bfloat16": bf16 compute
+            with fp32 master weights; the reference trainers' setting).
+        reduce_dtype: dtype of the gradient reduce-scatter (fp32 keeps reductions exact).
+        cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory between uses
+            (``CPUOffloadPolicy``); the optimizer step then runs on the CPU.
+        reshard_after_forward: free the gathered parameters after each unit's forward (ZeRO-3 behaviour; False
+            keeps them until backward, ZeRO-2-like: more memory, one all-gather less).
+        save_distributed_checkpoint: one shard per rank in a checkpoint folder (False: rank 0 gathers one file).
+        process_group_backend, timeout: as for Lightning's strategies (gloo on CPU, nccl on GPU).
+    """
+
+    strategy_name = "fsdp2"
+
+    def __init__(self, param_dtype: Dtype = "float32", reduce_dtype: Dtype = "float32", cpu_offload: bool = False,
+                 reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True,
+                 process_group_backend: str | None = None, timeout: timedelta | None = default_pg_timeout) -> None:
+        for name, value in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype)):
+            if value not in ("float32", "bfloat16"):
+                raise ValueError(f"FSDP2Strategy {name}={value!r} is not supported; use 'float32' or 'bfloat16'.")
+        # one data-parallel dimension over every process: ModelParallelStrategy's "auto" builds a tensor-parallel one
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint,
+                         process_group_backend=process_group_backend, timeout=timeout)
+        self.param_dtype, self.reduce_dtype = getattr(torch, param_dtype), getattr(torch, reduce_dtype)
+        self.cpu_offload, self.reshard_after_forward = cpu_offload, reshard_after_forward
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register("fsdp2", cls, description="FSDP2: every role fully sharded, fp32")
+        strategy_registry.register("fsdp2_bf16", cls, description="FSDP2, bf16 parameters, fp32 reductions",
+                                   param_dtype="bfloat16")
+        strategy_registry.register("fsdp2_offload", cls, description="FSDP2, bf16, shards offloaded to CPU memory",
+                                   param_dtype="bfloat16", cpu_offload=True)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def setup(self, trainer) -> None:
+        module = self.lightning_module
+        if not hasattr(module, "shard_units"):
+            raise TypeError(f"FSDP2Strategy shards the modules a LightningModule lists in shard_units(); "
+                            f"{type(module).__name__} has none. Use strategy 'ddp' for it.")
+        self.shard(module.shard_units())
+        unsharded = [name for name, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if unsharded:
+            raise RuntimeError(f"{len(unsharded)} trainable parameters are in no FSDP unit (e.g. {unsharded[:3]}); "
+                               f"{type(module).__name__}.shard_units() must cover every trainable module.")
+        super().setup(trainer)
+
+    def shard(self, units: Iterable[nn.Module]) -> None:
+        """``fully_shard`` each unit in order (inner units before the module that holds them)."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        mixed = self.param_dtype != torch.float32 or self.reduce_dtype != torch.float32
+        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
+                                      output_dtype=torch.float32 if mixed else None)
+        offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if self.cpu_offload else OffloadPolicy()
+        mesh, units = self.device_mesh["data_parallel"], list(units)
+        inner = {id(m) for outer in units for m in outer.modules() if m is not outer}
+        for unit in units:
+            # a role's outermost unit keeps its parameters gathered until its backward (FSDP2's root default): a
+            # role called several times before one backward (the roll-out's blocks) needs them in every call's
+            # backward, and a reshard after a later call would free them under an earlier one
+            reshard = self.reshard_after_forward if id(unit) in inner else False
+            fully_shard(unit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy, offload_policy=offload)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        """Write into ``<path>.partial`` and swap it in only when every rank has finished: a save killed midway
+        leaves the previous checkpoint at ``path`` (or, killed during the swap, at ``<path>.previous``)."""
+        path = Path(self.broadcast(str(filepath)))
+        partial, previous = path.with_name(path.name + ".partial"), path.with_name(path.name + ".previous")
+        if self.global_rank == 0 and partial.exists():
+            _remove(partial)  # the leftover of a killed save
+        self.barrier("oneforcing_checkpoint_clean")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("oneforcing_checkpoint_written")
+        if self.global_rank == 0:
+            if path.exists():
+                _remove(previous)
+                path.rename(previous)
+            partial.rename(path)
+            _remove(previous)
+        self.barrier("oneforcing_checkpoint_swapped")
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(checkpoint_path)
+        previous = path.with_name(path.name + ".previous")
+        if not path.exists() and previous.exists():  # killed between the two renames of a save
+            checkpoint_path = previous
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+if "fsdp2" not in StrategyRegistry:  # `trainer.strategy: fsdp2` (or fsdp2_bf16, fsdp2_offload) in any config
+    FSDP2Strategy.register_strategies(StrategyRegistry)
