@@ -37,12 +37,13 @@ def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
     from oneforcing.commands.compare import compare_command
     from oneforcing.commands.data import data_command
     from oneforcing.commands.evaluate import evaluate_command
+    from oneforcing.commands.export import export_command
     from oneforcing.commands.sample import sample_command
     from oneforcing.commands.tiny_wan import tiny_wan_command
     from oneforcing.commands.vbench import vbench_command
 
     return {"data": data_command, "sample": sample_command, "evaluate": evaluate_command, "compare": compare_command,
-            "vbench": vbench_command, "tiny-wan": tiny_wan_command}
+            "vbench": vbench_command, "tiny-wan": tiny_wan_command, "export": export_command}
 
 
 OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
@@ -56,6 +57,7 @@ commands:
   evaluate                          toy-world metrics of one checkpoint or run (JSON + markdown)
   compare                           evaluations of several methods/seeds -> table, plots, GIF grid
   vbench                            a prompt file -> {prompt}-{index}.mp4 videos for VBench
+  export                            a checkpoint (.ckpt or fsdp2 folder) -> whole weights in one safetensors file
   tiny-wan                          a tiny random Wan2.1 diffusers folder (+ a released-format .pt) to try the real path
 """
 

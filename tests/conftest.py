@@ -148,3 +148,30 @@ def wan_user_data(tmp_path_factory, tiny_wan_dir) -> dict[str, Path]:
         (split_root / "val").symlink_to(split_root / "train", target_is_directory=True)
     return {"videos": videos, "latents": root / "latents", "prompts": root / "prompts",
             "prompt_list": root / "prompt_list.txt"}
+
+
+# --- the toy distillation recipes at tiny sizes (test_configs, test_engines) ---------------------------------
+RECIPE_FRAMES, RECIPE_SIZE = 6, 16  # 6 frames split into blocks of 1 and of 3
+
+
+@pytest.fixture(scope="session")
+def recipe_inputs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny toy data, a tiny exported teacher, and its ODE trajectories (8 Euler steps: 0/2/4/6 on the grid)."""
+    from oneforcing.callbacks.export import export_weights
+    from oneforcing.commands.trajectories import export_trajectories
+    from oneforcing.lightning_modules.teacher import TeacherModule
+
+    root = tmp_path_factory.mktemp("recipes")
+    write_toy_dataset(root / "toy", 8, 4, seed=0, num_frames=RECIPE_FRAMES, size=RECIPE_SIZE, progress=False)
+    teacher = TeacherModule(backbone=dict(TINY_BACKBONE, in_channels=12, out_channels=12, text_dim=46),
+                            num_frames=RECIPE_FRAMES, frame_size=RECIPE_SIZE)
+    teacher.configure_model()
+    weights = export_weights(teacher, root / "teacher.safetensors")
+    deep = TeacherModule(backbone=dict(TINY_BACKBONE, num_layers=6, in_channels=12, out_channels=12, text_dim=46),
+                         num_frames=RECIPE_FRAMES, frame_size=RECIPE_SIZE)  # the GAN recipes pool critic blocks 4 and 5
+    deep.configure_model()
+    deep_weights = export_weights(deep, root / "teacher6.safetensors")
+    for split in ("train", "val"):
+        export_trajectories(str(weights), str(root / "toy" / split), str(root / "ode" / split), steps=8,
+                            batch_size=8, progress=False)
+    return {"toy": root / "toy", "ode": root / "ode", "teacher": weights, "teacher6": deep_weights, "runs": root / "runs"}

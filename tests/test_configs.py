@@ -8,17 +8,14 @@ import pytest
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, SUBPROCESS_ENV, TINY_BACKBONE, describe, run_cli, tiny_backbone_args
+from conftest import RECIPE_FRAMES as FRAMES
+from conftest import RECIPE_SIZE as SIZE
+from conftest import REPO_ROOT, SUBPROCESS_ENV, describe, run_cli, tiny_backbone_args
 
-from oneforcing.callbacks.export import export_weights
-from oneforcing.commands.data import write_toy_dataset
-from oneforcing.commands.trajectories import export_trajectories
-from oneforcing.lightning_modules.teacher import TeacherModule
 
 pytestmark = pytest.mark.slow
 CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 DISTILLATION = [c for c in CONFIGS if c.parent.name == "toy" and c.name not in ("teacher.yaml", "feature_net.yaml")]
-FRAMES, SIZE = 6, 16  # 6 frames split into blocks of 1 and of 3
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -26,25 +23,6 @@ def test_config_parses(config):
     result = run_cli(["fit", "--config", str(config), "--print_config"], timeout=120)
     assert result.returncode == 0, describe(result)
     assert "class_path" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def recipe_inputs(tmp_path_factory) -> dict[str, Path]:
-    """Tiny toy data, a tiny exported teacher, and its ODE trajectories (8 Euler steps: 0/2/4/6 on the grid)."""
-    root = tmp_path_factory.mktemp("recipes")
-    write_toy_dataset(root / "toy", 8, 4, seed=0, num_frames=FRAMES, size=SIZE, progress=False)
-    teacher = TeacherModule(backbone=dict(TINY_BACKBONE, in_channels=12, out_channels=12, text_dim=46),
-                            num_frames=FRAMES, frame_size=SIZE)
-    teacher.configure_model()
-    weights = export_weights(teacher, root / "teacher.safetensors")
-    deep = TeacherModule(backbone=dict(TINY_BACKBONE, num_layers=6, in_channels=12, out_channels=12, text_dim=46),
-                         num_frames=FRAMES, frame_size=SIZE)  # the GAN recipes pool critic blocks 4 and 5
-    deep.configure_model()
-    deep_weights = export_weights(deep, root / "teacher6.safetensors")
-    for split in ("train", "val"):
-        export_trajectories(str(weights), str(root / "toy" / split), str(root / "ode" / split), steps=8,
-                            batch_size=8, progress=False)
-    return {"toy": root / "toy", "ode": root / "ode", "teacher": weights, "teacher6": deep_weights, "runs": root / "runs"}
 
 
 @pytest.mark.parametrize("config", DISTILLATION, ids=lambda p: p.stem)

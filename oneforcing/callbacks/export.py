@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from safetensors.torch import save
 
-from oneforcing.models.lora import has_lora, merged_state_dict
+from oneforcing.models.lora import LORA_MARKER, has_lora, merged_state_dict
 from oneforcing.models.sharded import full_state_dict, is_sharded
 from oneforcing.video_io import atomic_write_bytes
 
@@ -20,20 +20,25 @@ ExportDtype = Literal["float32", "float16", "bfloat16"]
 
 
 def export_weights(module: L.LightningModule, path: str | Path, dtype: ExportDtype | None = None,
-                   state: dict[str, torch.Tensor] | None = None) -> Path:
+                   state: dict[str, torch.Tensor] | None = None, hparams: dict | None = None) -> Path:
     """Save ``module``'s state dict to ``path`` (safetensors) with metadata to rebuild it.
 
     ``dtype`` casts floating-point tensors (e.g. ``"float16"`` halves a shipped file); loading casts them back
     to the module's own dtype. Integer buffers keep theirs. LoRA adapters are merged into plain weights (and the
     recorded ``*_lora`` settings cleared), so the file loads into a module or backbone without peft. ``state``: the
-    module's whole state when it is sharded (``full_state_dict``, gathered on every rank).
+    module's whole state when it is sharded (``full_state_dict``, gathered on every rank) or read from a checkpoint;
+    ``hparams``: the metadata's hyper-parameters (default: the module's).
     """
     target = None if dtype is None else _torch_dtype(dtype)
-    hparams = dict(module.hparams)
+    hparams = dict(module.hparams if hparams is None else hparams)
     source = module.state_dict() if state is None else state
     if has_lora(module):
         source = merged_state_dict(module, source)
         hparams.update({k: None for k in LORA_HPARAMS if k in hparams})
+    adapters = [k for k in source if LORA_MARKER in k]
+    if adapters:
+        raise ValueError(f"{len(adapters)} LoRA adapter tensors (e.g. {adapters[0]}) have no adapted layer in "
+                         f"{type(module).__name__} to merge into, so {path} would not load without peft.")
     state = {}
     for key, value in source.items():
         value = value.detach()

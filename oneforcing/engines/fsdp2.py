@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor
 
-try:  # torch's default process-group timeout (30 min)
-    from torch.distributed.constants import default_pg_timeout
-except ImportError:  # pragma: no cover
-    default_pg_timeout = timedelta(minutes=30)
 
 Dtype = Literal["float32", "bfloat16"]
 
@@ -109,7 +107,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self.global_rank == 0 and partial.exists():
             _remove(partial)  # the leftover of a killed save
         self.barrier("oneforcing_checkpoint_clean")
-        super().save_checkpoint(checkpoint, partial, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+        except (OSError, CheckpointException) as error:  # a full disk, on any rank (DCP reports it on every rank)
+            if self.global_rank == 0:
+                _remove(partial)
+            kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
+            raise OSError(f"Writing the checkpoint {path} failed ({_describe(error)}); {kept}. Free space or point "
+                          "the checkpoint dirpath elsewhere, then resume from the last checkpoint.") from error
         self.barrier("oneforcing_checkpoint_written")
         if self.global_rank == 0:
             if path.exists():
@@ -125,6 +130,13 @@ class FSDP2Strategy(ModelParallelStrategy):
         if not path.exists() and previous.exists():  # killed between the two renames of a save
             checkpoint_path = previous
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CheckpointException):  # the ranks' own exceptions
+        return "; ".join(f"rank {rank}: {failure[0] if isinstance(failure, tuple) else failure}"
+                         for rank, failure in sorted(error.failures.items()))
+    return str(error)
 
 
 def _remove(path: Path) -> None:

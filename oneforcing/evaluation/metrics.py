@@ -106,10 +106,14 @@ def frechet_and_kid(
         )
     subset_size = max(2, min(subset_size, min(len(fake), len(real)) // 2))
     features = _VideoFeatures(net)
-    fid = FrechetInceptionDistance(feature=features, normalize=True)
+    # the videos given are the whole set: no all-gather across ranks (torchmetrics' default when a process group
+    # exists), which would hang when rank 0 alone evaluates (DDP) and double the set when every rank does (FSDP2)
+    local = dict(sync_on_compute=False)
+    fid = FrechetInceptionDistance(feature=features, normalize=True, **local)
     with warnings.catch_warnings():  # it keeps every feature vector: 128 floats per video here, harmless
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size, normalize=True)
+        kid = KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size, normalize=True,
+                                      **local)
     for metric in (fid, kid):
         metric.update(real.float(), real=True)
         metric.update(fake.float(), real=False)

@@ -32,6 +32,11 @@ INIT_WEIGHT_KEYS = ("init_weights", "teacher_weights", "generator_weights", "cri
 
 def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = None) -> L.LightningModule:
     """Rebuild a module from a checkpoint or exported weights; ``expected`` restricts the accepted classes."""
+    return build_trained_module(*read_trained(path), path=path, expected=expected)
+
+
+def read_trained(path: str | Path) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    """(module class name, hyper-parameters, whole state dict) of a .ckpt, a sharded checkpoint folder or an export."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
@@ -59,6 +64,12 @@ def load_trained_module(path: str | Path, expected: tuple[str, ...] | None = Non
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
         recorded = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]  # LightningCLI records the class
         name = checkpoint.get("oneforcing_module") or recorded or "TeacherModule"
+    return name, hparams, state
+
+
+def build_trained_module(name: str, hparams: dict, state: dict[str, torch.Tensor], path: str | Path = "",
+                         expected: tuple[str, ...] | None = None) -> L.LightningModule:
+    """The module ``read_trained`` describes, in eval mode; a distillation module keeps its generator (and EMA)."""
     if name not in MODULE_CLASSES or (expected and name not in expected):
         raise ValueError(f"{path} holds a {name}; this command needs one of {list(expected or MODULE_CLASSES)}.")
     # LightningCLI records how it built the module ("_class_path", "_instantiator"); they are not arguments

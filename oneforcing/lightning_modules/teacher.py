@@ -15,6 +15,7 @@ import math
 
 import lightning as L
 import torch
+from torch import nn
 
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
@@ -108,6 +109,10 @@ class TeacherModule(L.LightningModule):
             self.model.adaln_zero_init_()
         if self.init_weights:
             self.model.load_weights(self.init_weights)
+
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units (``oneforcing.engines.fsdp2``): each Wan block, then the transformer."""
+        return self.model.shard_units()
 
     # --- data -----------------------------------------------------------------------------------------
     def latents_of(self, batch: dict) -> torch.Tensor:

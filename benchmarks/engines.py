@@ -1,0 +1,123 @@
+"""Seconds per iteration and memory per rank of the toy One-Forcing recipe under each engine, 2 CPU processes.
+
+Each engine trains ``configs/toy/one_forcing_framewise_1step.yaml`` (the real toy sizes: 6-layer dim-128 Wan,
+12 frames of 32×32, batch 2 per rank; generator, critic, GAN head, EMA, frozen teacher) for ``--iterations``
+iterations through the CLI, one engine after the other in this one run, so the figures compare side by side.
+A probe callback records on every rank: mean seconds per iteration after ``--warmup`` iterations (whole
+generator/critic cycles: a generator step every 5th iteration), the bytes each rank holds of parameters,
+gradients and optimizer state (local shards under FSDP2), and the peak RSS.
+
+    oneforcing data toy --out data/toy --num-videos 20000 --seed 0   # once
+    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "toy" / "one_forcing_framewise_1step.yaml"
+ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16"}
+
+PROBE = '''
+import json, resource, time
+import lightning as L
+import torch
+from torch.distributed.tensor import DTensor
+
+
+def local_bytes(tensors):
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        t = t.to_local() if isinstance(t, DTensor) else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+class EngineProbe(L.Callback):
+    def __init__(self, out: str, warmup: int):
+        self.out, self.warmup, self.times, self.held = out, warmup, [], {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self.start)
+        params = list(pl_module.parameters())
+        states = [v for opt in trainer.optimizers for s in opt.state.values() for v in s.values()
+                  if torch.is_tensor(v) and v.ndim > 0]
+        held = {"parameters": local_bytes(params), "optimizer": local_bytes(states)}
+        grads = local_bytes(p.grad for p in params)
+        self.held = {**held, "gradients": max(grads, self.held.get("gradients", 0))}
+
+    def on_train_end(self, trainer, pl_module):
+        timed = self.times[self.warmup:]
+        record = dict(self.held, seconds_per_iteration=sum(timed) / len(timed),
+                      peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        with open(f"{self.out}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump(record, f)
+'''
+
+
+def config_for(strategy: str, iterations: int, warmup: int, data: str, out: Path) -> Path:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    trainer = recipe["trainer"]
+    trainer.update(accelerator="cpu", devices=2, strategy=strategy, max_steps=iterations, limit_val_batches=0,
+                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False)
+    trainer["callbacks"] = [{"class_path": "engine_probe.EngineProbe", "init_args": {"out": str(out),
+                                                                                   "warmup": warmup}}]
+    recipe["data"]["init_args"].update(root=data, num_workers=0)
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run(engine: str, iterations: int, warmup: int, data: str, root: Path) -> dict:
+    out = root / engine
+    out.mkdir()
+    (root / "engine_probe.py").write_text(PROBE)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    config = config_for(ENGINES[engine], iterations, warmup, data, out)
+    result = subprocess.run([sys.executable, "-m", "oneforcing.cli", "fit", "--config", str(config)], cwd=REPO,
+                            env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{engine} failed:\n{result.stderr[-3000:]}")
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return {k: max(r[k] for r in ranks) for k in ranks[0]}  # the busier rank
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data", default="data/toy")
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    args = parser.parse_args()
+    if not (REPO / args.data / "train" / "index.json").is_file():
+        sys.exit(f"No toy data at {args.data}: run `oneforcing data toy --out {args.data} --num-videos 20000 --seed 0`.")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {e: run(e, args.iterations, args.warmup, args.data, Path(tmp)) for e in args.engines}
+    base = results[args.engines[0]]
+    mib = 2 ** 20
+    print(f"| engine | s / iteration | × {args.engines[0]} | parameters + optimizer per rank (MiB) | × | "
+          "gradients (MiB) | peak RSS per rank (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for engine, r in results.items():
+        held, base_held = r["parameters"] + r["optimizer"], base["parameters"] + base["optimizer"]
+        print(f"| {engine} | {r['seconds_per_iteration']:.2f} | {r['seconds_per_iteration'] / base['seconds_per_iteration']:.2f} "
+              f"| {held / mib:.1f} | {held / base_held:.2f} | {r['gradients'] / mib:.1f} | {r['peak_rss'] / mib:.0f} |")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The FSDP2 engine on 2 CPU processes (gloo) through the real CLI: the same losses as DDP, whole exports, every
+toy recipe, exact resume, and the faults of design §10 injected (kill -9 between checkpoints and during a
+checkpoint write, a full disk during a write).
+
+Recipes are shrunk as in test_configs (tiny backbone, 6 frames of 16×16), the in-training evaluation to 4 videos;
+nothing else changes. Faults come from a callback module put on the subprocess's PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import RECIPE_FRAMES, RECIPE_SIZE, REPO_ROOT, SUBPROCESS_ENV, TINY_BACKBONE, describe
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+TOY = REPO_ROOT / "configs" / "toy"
+RECIPES = sorted(c for c in TOY.glob("*.yaml") if c.name not in ("teacher.yaml", "feature_net.yaml"))
+ONE_FORCING = TOY / "one_forcing_framewise_1step.yaml"
+
+FAULTS = '''
+import errno, os, signal
+import lightning as L
+import lightning.pytorch.strategies.model_parallel as model_parallel
+
+
+class Fault(L.Callback):
+    """kill: SIGKILL the whole run (both ranks) before iteration `step` starts (`between`) or halfway through
+    writing the checkpoint of iteration `step` (`write`: after the shards, before the swap). disk_full: the
+    checkpoint write of iteration `step` fails with ENOSPC."""
+
+    def __init__(self, kind: str, step: int):
+        self.kind, self.step = kind, step
+
+    def setup(self, trainer, pl_module, stage):
+        save = model_parallel._distributed_checkpoint_save
+
+        def faulty_save(state, path):
+            if trainer.global_step == self.step and self.kind == "disk_full":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            save(state, path)
+            if trainer.global_step == self.step and self.kind == "write":
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        model_parallel._distributed_checkpoint_save = faulty_save
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.kind == "between" and trainer.global_step == self.step - 1:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+'''
+
+
+def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_steps: int = 3,
+           checkpoint_every: int | None = None, fault: tuple[str, int] | None = None) -> Path:
+    """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml``."""
+    recipe = yaml.safe_load(config.read_text())
+    trainer, model = recipe["trainer"], recipe["model"]["init_args"]
+    trainer.update(accelerator="cpu", devices=2, strategy=strategy, max_steps=max_steps, val_check_interval=max_steps,
+                   log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)
+    trainer["logger"]["init_args"].update(save_dir=str(out), name=name)
+    callbacks = []
+    for callback in trainer["callbacks"]:
+        kind = callback["class_path"].rsplit(".", 1)[-1]
+        if kind == "ToyEvaluation":
+            callback.setdefault("init_args", {}).update(num_videos=4, every_n_steps=100, samples_per_caption=0)
+        if kind == "ModelCheckpoint" and checkpoint_every:
+            callback["init_args"].update(every_n_train_steps=checkpoint_every, save_top_k=-1)
+        callbacks.append(callback)
+    if fault:
+        callbacks.append({"class_path": "faults.Fault", "init_args": {"kind": fault[0], "step": fault[1]}})
+    trainer["callbacks"] = callbacks
+    deep = config.stem.startswith("one_forcing")  # the GAN pools critic blocks 4 and 5
+    model.update(backbone={**(model.get("backbone") or {}), **TINY_BACKBONE, "num_layers": 6 if deep else 2},
+                 num_frames=RECIPE_FRAMES, frame_size=RECIPE_SIZE)
+    if model.get("gradient_window_frames"):
+        model["gradient_window_frames"] = 2
+    if config.stem.startswith("ode_init"):
+        model["generator_weights"] = str(inputs["teacher"])
+    elif "teacher_weights" in model or any("DMD" in o["class_path"] or "Consistency" in o["class_path"]
+                                           or "SiD" in o["class_path"] for o in model["objectives"]):
+        model["teacher_weights"] = str(inputs["teacher6" if deep else "teacher"])
+    data = recipe["data"]["init_args"]
+    data.update(root=str(inputs["ode" if config.stem.startswith("ode_init") else "toy"]), batch_size=2,
+                val_samples=4, num_workers=0)
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def fit(config: Path, tmp_path: Path, *extra: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    (tmp_path / "faults.py").write_text(FAULTS)
+    env = dict(SUBPROCESS_ENV, PYTHONPATH=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "oneforcing.cli", "fit", "--config", str(config), *extra],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)  # its own process group: a fault's killpg ends only this run
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def one_forcing_runs(recipe_inputs, tmp_path_factory) -> dict[str, Path]:
+    """One-Forcing (DMD + GAN: generator, critic, head, EMA, frozen teacher) 4 iterations under DDP and FSDP2."""
+    out = tmp_path_factory.mktemp("engines")
+    runs = {}
+    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("fsdp2", "fsdp2")):
+        config = shrunk(ONE_FORCING, recipe_inputs, out, engine, strategy, max_steps=4, checkpoint_every=2)
+        result = fit(config, out)
+        assert result.returncode == 0, describe(result)
+        runs[engine] = out / engine / "version_0"
+    runs["out"] = out
+    return runs
+
+
+def test_fsdp2_logs_the_losses_of_ddp(one_forcing_runs):
+    ddp, fsdp2 = scalars(one_forcing_runs["ddp"]), scalars(one_forcing_runs["fsdp2"])
+    losses = [t for t in ddp if t.startswith(("generator/", "critic/", "head"))]
+    assert {"generator/loss", "critic/loss", "generator/grad_norm", "critic/grad_norm"} <= set(losses)
+    for tag in losses:
+        assert [s for s, _ in fsdp2[tag]] == [s for s, _ in ddp[tag]], tag
+        for (_, a), (_, b) in zip(ddp[tag], fsdp2[tag]):
+            assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (tag, a, b)
+
+
+def test_fsdp2_exports_every_key_of_ddp_with_the_same_weights(one_forcing_runs):
+    ddp = load_file(one_forcing_runs["ddp"] / "weights.safetensors")
+    fsdp2 = load_file(one_forcing_runs["fsdp2"] / "weights.safetensors")
+    assert sorted(fsdp2) == sorted(ddp)
+    generator = [k for k in fsdp2 if k.startswith("generator.")]
+    ema = [k for k in fsdp2 if k.startswith("generator_ema.")]
+    assert len(generator) > 100 and len(ema) == len(generator)  # the reference's EMA export kept 15 of 825 keys
+    worst = max(float((fsdp2[k].float() - ddp[k].float()).abs().max()) for k in ddp)
+    assert worst < 1e-5, worst
+
+
+def test_a_sharded_checkpoint_loads_whole_for_sampling_and_export(one_forcing_runs, tmp_path):
+    from oneforcing.lightning_modules.checkpoints import load_trained_module
+
+    folder = one_forcing_runs["fsdp2"] / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and sorted(p.name for p in folder.iterdir()) == ["__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    module = load_trained_module(folder)
+    exported = load_file(one_forcing_runs["fsdp2"] / "weights.safetensors")
+    state = module.state_dict()
+    assert {k for k in state} <= set(exported)
+    assert all(torch.equal(state[k], exported[k]) for k in state)  # the last checkpoint is the end of training
+    result = subprocess.run([sys.executable, "-m", "oneforcing.cli", "export", "--checkpoint", str(folder),
+                             "--out", str(tmp_path / "w.safetensors")], cwd=REPO_ROOT, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, describe(result)
+    assert sorted(load_file(tmp_path / "w.safetensors")) == sorted(exported)
+
+
+@pytest.mark.parametrize("kill", ["between", "write"])
+def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(kill, one_forcing_runs, recipe_inputs):
+    """kill -9 of both ranks before iteration 3 (between the checkpoints of 2 and 4) or during the write of the
+    checkpoint of iteration 4; the resumed run reaches the uninterrupted run's weights exactly."""
+    out, name = one_forcing_runs["out"], f"killed_{kill}"
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "fsdp2", max_steps=4, checkpoint_every=2,
+                    fault=("between", 3) if kill == "between" else ("write", 4))
+    killed = fit(config, out)
+    assert killed.returncode == -signal.SIGKILL, describe(killed)
+    checkpoints = out / name / "version_0" / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 2  # the previous one, intact
+    if kill == "write":
+        assert [p.name for p in checkpoints.glob("*.partial")] == ["epoch=1-step=4.ckpt.partial"]  # the killed write
+    resumed = fit(shrunk(ONE_FORCING, recipe_inputs, out, name, "fsdp2", max_steps=4, checkpoint_every=2), out,
+                  "--ckpt_path", str(last))
+    assert resumed.returncode == 0, describe(resumed)
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    final = load_file(out / name / "version_1" / "weights.safetensors")
+    uninterrupted = load_file(one_forcing_runs["fsdp2"] / "weights.safetensors")
+    assert sorted(final) == sorted(uninterrupted)
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_path_and_keeps_the_last_checkpoint(
+        one_forcing_runs, recipe_inputs):
+    out = one_forcing_runs["out"]
+    config = shrunk(ONE_FORCING, recipe_inputs, out, "disk_full", "fsdp2", max_steps=4, checkpoint_every=2,
+                    fault=("disk_full", 4))
+    result = fit(config, out)
+    assert result.returncode != 0
+    checkpoints = out / "disk_full" / "version_0" / "checkpoints"
+    assert f"Writing the checkpoint {checkpoints}" in result.stderr and "No space left on device" in result.stderr
+    assert "is intact" in result.stderr or "no earlier checkpoint exists" in result.stderr
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 2
+    assert not list(checkpoints.glob("*.partial"))
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.stem)
+def test_toy_recipe_trains_under_fsdp2(config, recipe_inputs, tmp_path):
+    result = fit(shrunk(config, recipe_inputs, tmp_path, config.stem, "fsdp2", max_steps=2), tmp_path)
+    assert result.returncode == 0, describe(result)
+    output = result.stdout + result.stderr
+    assert "`Trainer.fit` stopped: `max_steps=2` reached." in output
+    exported = load_file(tmp_path / config.stem / "version_0" / "weights.safetensors")
+    assert any(k.startswith("generator.") for k in exported)
