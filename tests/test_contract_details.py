@@ -302,7 +302,7 @@ def test_trajectory_snapshots_are_checked_against_the_students_steps(trainer_pro
     DistillationModule([CausalDiffusion()], **TINY_ARGS)._check_trajectory_data()  # no trajectory objective: no check
 
 
-def test_on_fit_start_reports_every_objectives_data_problem_and_seeds_the_rank(trainer_property):
+def test_on_fit_start_reports_every_objectives_data_problem_and_on_train_start_seeds_the_rank(trainer_property):
     from oneforcing.lightning_modules.distillation import DistillationModule
 
     module = DistillationModule([GAN(feature_layers=[0], num_registers=1),
@@ -316,6 +316,8 @@ def test_on_fit_start_reports_every_objectives_data_problem_and_seeds_the_rank(t
     module = DistillationModule([CausalDiffusion()], seed=7, **TINY_ARGS)
     fake_trainer(module, {"world": "toy", "members": ["pixels.safetensors"]})
     module.on_fit_start()
+    module.rank_rng.manual_seed(123)
+    module.on_train_start()
     expected = torch.Generator().manual_seed(7 + 1000 * 0 + 1)
     assert torch.equal(module.rank_rng.get_state(), expected.get_state())
     assert torch.equal(module.shared_rng.get_state(), torch.Generator().manual_seed(7).get_state())

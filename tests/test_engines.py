@@ -148,7 +148,8 @@ def test_a_sharded_checkpoint_loads_whole_for_sampling_and_export(one_forcing_ru
     from oneforcing.lightning_modules.checkpoints import load_trained_module
 
     folder = one_forcing_runs["fsdp2"] / "checkpoints" / "last.ckpt"
-    assert folder.is_dir() and sorted(p.name for p in folder.iterdir()) == ["__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert folder.is_dir() and sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                                           "meta.pt"]
     module = load_trained_module(folder)
     exported = load_file(one_forcing_runs["fsdp2"] / "weights.safetensors")
     state = module.state_dict()

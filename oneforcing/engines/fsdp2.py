@@ -110,6 +110,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
         except (OSError, CheckpointException) as error:  # a full disk, on any rank (DCP reports it on every rank)
+            self.barrier("oneforcing_checkpoint_failed")  # every rank is done with the partial folder
             if self.global_rank == 0:
                 _remove(partial)
             kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"

@@ -32,7 +32,7 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.models.sharded import full_state_dict, full_tensor
+from oneforcing.models.sharded import full_state_dict, full_tensor, reshard
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -297,6 +297,9 @@ class DistillationModule(L.LightningModule):
             problems += self._adopt_cached_prompts(datamodule, index)
         if problems:
             raise ValueError("The training data do not fit the objectives:\n  - " + "\n  - ".join(problems))
+
+    def on_train_start(self) -> None:
+        # after any checkpoint is restored: strategies that restore after setup (FSDP2) do so after on_fit_start
         self.seed_generators(self.global_rank)
 
     def _adopt_cached_prompts(self, datamodule: ShardDataModule, index: dict) -> list[str]:
@@ -480,6 +483,7 @@ class DistillationModule(L.LightningModule):
         hp = self.hparams
         if self.generator_ema is None or iteration < hp.ema_start:
             return
+        reshard(self.generator_ema), reshard(self.generator)  # FSDP2: update the shards, not gathered copies
         ema, live = list(self.generator_ema.parameters()), list(self.generator.parameters())
         if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
             torch._foreach_copy_(ema, live)

@@ -25,3 +25,14 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                                  broadcast_from_rank0=False))
+
+
+def reshard(module: nn.Module) -> None:
+    """Free the gathered parameters of every FSDP2 unit in ``module`` (a no-op for a plain module): a role root
+    used without backward (an EMA target, a teacher) keeps them gathered, and in-place updates of the role
+    (the EMA's lerp) must act on the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
