@@ -79,7 +79,7 @@ def test_fuzzed_fsdp2_settings_end_in_an_error_naming_the_key(data, capsys, monk
 def test_an_unknown_engine_name_fails_before_training(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["oneforcing"])
     with pytest.raises(ValueError, match="invalid strategy name.*fsdp3"):
-        OneForcingCLI(args=["--config", str(RECIPE), "--trainer.strategy", "fsdp3"], run=False)  # run=False: no subcommand
+        OneForcingCLI(args=["--config", str(RECIPE), "--trainer.strategy", "fsdp3"], run=False)  # no subcommand
 
 
 def test_shard_units_cover_every_trainable_parameter_of_every_role():

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 TOY = REPO_ROOT / "configs" / "toy"
 RECIPES = sorted(c for c in TOY.glob("*.yaml") if c.name not in ("teacher.yaml", "feature_net.yaml"))
 ONE_FORCING = TOY / "one_forcing_framewise_1step.yaml"
+# within 4 iterations: generator steps at 0 and 2, the EMA created at 0 and updated at 2
+SCHEDULE = dict(ema_start=0, generator_update_every=2)
 
 FAULTS = '''
 import errno, os, signal
@@ -57,7 +59,7 @@ class Fault(L.Callback):
 
 
 def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_steps: int = 3,
-           checkpoint_every: int | None = None, fault: tuple[str, int] | None = None) -> Path:
+           checkpoint_every: int | None = None, fault: tuple[str, int] | None = None, **model_overrides) -> Path:
     """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml``."""
     recipe = yaml.safe_load(config.read_text())
     trainer, model = recipe["trainer"], recipe["model"]["init_args"]
@@ -85,6 +87,7 @@ def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_
     elif "teacher_weights" in model or any("DMD" in o["class_path"] or "Consistency" in o["class_path"]
                                            or "SiD" in o["class_path"] for o in model["objectives"]):
         model["teacher_weights"] = str(inputs["teacher6" if deep else "teacher"])
+    model.update(model_overrides)
     data = recipe["data"]["init_args"]
     data.update(root=str(inputs["ode" if config.stem.startswith("ode_init") else "toy"]), batch_size=2,
                 val_samples=4, num_workers=0)
@@ -115,7 +118,8 @@ def one_forcing_runs(recipe_inputs, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("engines")
     runs = {}
     for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("fsdp2", "fsdp2")):
-        config = shrunk(ONE_FORCING, recipe_inputs, out, engine, strategy, max_steps=4, checkpoint_every=2)
+        config = shrunk(ONE_FORCING, recipe_inputs, out, engine, strategy, max_steps=4, checkpoint_every=2,
+                        **SCHEDULE)
         result = fit(config, out)
         assert result.returncode == 0, describe(result)
         runs[engine] = out / engine / "version_0"
@@ -168,7 +172,7 @@ def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(kill, one_forci
     checkpoint of iteration 4; the resumed run reaches the uninterrupted run's weights exactly."""
     out, name = one_forcing_runs["out"], f"killed_{kill}"
     config = shrunk(ONE_FORCING, recipe_inputs, out, name, "fsdp2", max_steps=4, checkpoint_every=2,
-                    fault=("between", 3) if kill == "between" else ("write", 4))
+                    fault=("between", 3) if kill == "between" else ("write", 4), **SCHEDULE)
     killed = fit(config, out)
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     checkpoints = out / name / "version_0" / "checkpoints"
@@ -176,8 +180,8 @@ def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(kill, one_forci
     assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 2  # the previous one, intact
     if kill == "write":
         assert [p.name for p in checkpoints.glob("*.partial")] == ["epoch=1-step=4.ckpt.partial"]  # the killed write
-    resumed = fit(shrunk(ONE_FORCING, recipe_inputs, out, name, "fsdp2", max_steps=4, checkpoint_every=2), out,
-                  "--ckpt_path", str(last))
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "fsdp2", max_steps=4, checkpoint_every=2, **SCHEDULE)
+    resumed = fit(config, out, "--ckpt_path", str(last))
     assert resumed.returncode == 0, describe(resumed)
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     final = load_file(out / name / "version_1" / "weights.safetensors")
@@ -190,7 +194,7 @@ def test_a_full_disk_during_a_checkpoint_write_names_the_path_and_keeps_the_last
         one_forcing_runs, recipe_inputs):
     out = one_forcing_runs["out"]
     config = shrunk(ONE_FORCING, recipe_inputs, out, "disk_full", "fsdp2", max_steps=4, checkpoint_every=2,
-                    fault=("disk_full", 4))
+                    fault=("disk_full", 4), **SCHEDULE)
     result = fit(config, out)
     assert result.returncode != 0
     checkpoints = out / "disk_full" / "version_0" / "checkpoints"

@@ -32,7 +32,7 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.models.sharded import full_state_dict, full_tensor, reshard
+from oneforcing.models.sharded import full_state_dict, full_tensor, is_sharded, local_tensor, reshard
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -430,14 +430,21 @@ class DistillationModule(L.LightningModule):
         head_opts = optimizers[2:]  # objectives' own optimizers (e.g. a GAN head), stepped with the critic's
         iteration = int(self.iteration)
         logs = {}
+        self._reshard_roles()
         # the unconditional context is the teacher's CFG branch: without a teacher it is never encoded
         uncond = self.uncond_context(len(batch["caption"])) if "teacher" in self.roles else None
         prompts = (self.batch_context(batch), uncond)
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
+        # Each step freezes the other role so that its backward computes no weight gradients for it. Not under
+        # FSDP2: a unit's gathered parameters keep the requires_grad of their first use, so a role frozen then
+        # would never train again (and one trainable then gets gradients anyway); there the other role's
+        # gradients are computed and dropped (zeroed before its own step), and only its optimizer steps.
+        freeze = not is_sharded(self.generator)
         if generator_due:
-            if self.critic is not None:
+            if self.critic is not None and freeze:
                 self.critic.requires_grad_(False)  # the generator step never updates the critic (or its heads)
-            self.objectives.requires_grad_(False)
+            if freeze:
+                self.objectives.requires_grad_(False)
             loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch, *prompts), "generator")
             generator_opt.zero_grad(set_to_none=True)
             finite = self.nonfinite.is_finite(self, loss, "generator")
@@ -448,14 +455,17 @@ class DistillationModule(L.LightningModule):
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
             generator_opt.zero_grad(set_to_none=True)
-            if self.critic is not None:
+            if self.critic is not None and freeze:
                 set_trainable(self.critic, True)  # a LoRA critic's base weights stay frozen
-            self.objectives.requires_grad_(True)
+            if freeze:
+                self.objectives.requires_grad_(True)
             if finite:
                 self._update_ema(iteration)
             logs.update(step_logs)
         if critic_opt is not None:
-            self.generator.requires_grad_(False)  # the critic step never updates the generator
+            self._reshard_roles()
+            if freeze:
+                self.generator.requires_grad_(False)  # the critic step never updates the generator
             loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
@@ -469,7 +479,8 @@ class DistillationModule(L.LightningModule):
                 opt.optimizer.step()  # not counted: one counted step per iteration
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            set_trainable(self.generator, True)  # a LoRA generator's base weights stay frozen
+            if freeze:
+                set_trainable(self.generator, True)  # a LoRA generator's base weights stay frozen
             logs.update(step_logs)
         self.iteration += 1
         if batch.get("num_skipped") is not None:
@@ -478,13 +489,22 @@ class DistillationModule(L.LightningModule):
         self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
         self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
 
+    def _reshard_roles(self) -> None:
+        """FSDP2: start each step from sharded roles. A role root used without backward (a no-grad roll-out, the
+        teacher, the EMA) keeps its parameters gathered; a later forward with gradients must gather them afresh
+        for FSDP2 to reduce their gradients (reusing the gathered copy gave other gradients than DDP's)."""
+        for role in (self.generator, self.generator_ema, self.critic, self.teacher):
+            if role is not None:
+                reshard(role)
+
     @torch.no_grad()
     def _update_ema(self, iteration: int) -> None:
         hp = self.hparams
         if self.generator_ema is None or iteration < hp.ema_start:
             return
         reshard(self.generator_ema), reshard(self.generator)  # FSDP2: update the shards, not gathered copies
-        ema, live = list(self.generator_ema.parameters()), list(self.generator.parameters())
+        # under FSDP2 both are sharded alike: the update is local to each rank's shards (no communication)
+        ema, live = ([local_tensor(p) for p in role.parameters()] for role in (self.generator_ema, self.generator))
         if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
             torch._foreach_copy_(ema, live)
             self.ema_initialised.fill_(True)

@@ -17,6 +17,11 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
+def local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (sharing its storage: in-place updates reach the DTensor), else the tensor."""
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` with whole tensors on the CPU; a collective when the module is sharded."""
     if not is_sharded(module):
