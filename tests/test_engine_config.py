@@ -32,7 +32,7 @@ def test_fsdp2_strategies_are_registered_by_name():
     bf16 = StrategyRegistry.get("fsdp2_bf16")
     assert isinstance(bf16, FSDP2Strategy) and bf16.param_dtype == torch.bfloat16 and not bf16.cpu_offload
     offload = StrategyRegistry.get("fsdp2_offload")
-    assert offload.cpu_offload and offload.reduce_dtype == torch.float32
+    assert offload.cpu_offload and offload.param_dtype == offload.reduce_dtype == torch.float32
 
 
 def test_fsdp2_refuses_a_dtype_it_cannot_train_in():

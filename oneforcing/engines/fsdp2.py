@@ -63,10 +63,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         strategy_registry.register("fsdp2", cls, description="FSDP2: every role fully sharded, fp32")
         strategy_registry.register("fsdp2_bf16", cls, description="FSDP2, bf16 parameters, fp32 reductions",
                                    param_dtype="bfloat16")
-        strategy_registry.register("fsdp2_offload", cls, description="FSDP2, bf16, shards offloaded to CPU memory",
-                                   param_dtype="bfloat16", cpu_offload=True)
+        strategy_registry.register("fsdp2_offload", cls, description="FSDP2, shards offloaded to CPU memory",
+                                   cpu_offload=True)
 
     def setup_environment(self) -> None:
+        precision = self.precision_plugin.precision
+        if self.param_dtype == torch.bfloat16 and precision not in ("bf16-mixed", "bf16-true"):
+            raise ValueError(f"FSDP2 with param_dtype bfloat16 needs trainer.precision bf16-mixed (got {precision!r}): "
+                             "diffusers' Wan embedders feed fp32 inputs to the bf16 gathered weights, which autocast "
+                             "reconciles. Set --trainer.precision bf16-mixed or use strategy fsdp2 (fp32).")
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 

@@ -155,7 +155,9 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """SDPA over (B, S, H, D) tensors; returns (B, S_q, H·D)."""
+    """SDPA over (B, S, H, D) tensors; returns (B, S_q, H·D). Cached keys and values are read in the queries'
+    dtype (the cache keeps the latents' dtype; FSDP2's bf16 compute makes the queries bf16)."""
+    k, v = k.to(q.dtype), v.to(q.dtype)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
 
