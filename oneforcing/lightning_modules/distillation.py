@@ -435,16 +435,8 @@ class DistillationModule(L.LightningModule):
         uncond = self.uncond_context(len(batch["caption"])) if "teacher" in self.roles else None
         prompts = (self.batch_context(batch), uncond)
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
-        # Each step freezes the other role so that its backward computes no weight gradients for it. Not under
-        # FSDP2: a unit's gathered parameters keep the requires_grad of their first use, so a role frozen then
-        # would never train again (and one trainable then gets gradients anyway); there the other role's
-        # gradients are computed and dropped (zeroed before its own step), and only its optimizer steps.
-        freeze = not is_sharded(self.generator)
         if generator_due:
-            if self.critic is not None and freeze:
-                self.critic.requires_grad_(False)  # the generator step never updates the critic (or its heads)
-            if freeze:
-                self.objectives.requires_grad_(False)
+            self._freeze(self.critic, self.objectives)  # the generator step never updates the critic (or its heads)
             loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch, *prompts), "generator")
             generator_opt.zero_grad(set_to_none=True)
             finite = self.nonfinite.is_finite(self, loss, "generator")
@@ -455,17 +447,13 @@ class DistillationModule(L.LightningModule):
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
             generator_opt.zero_grad(set_to_none=True)
-            if self.critic is not None and freeze:
-                set_trainable(self.critic, True)  # a LoRA critic's base weights stay frozen
-            if freeze:
-                self.objectives.requires_grad_(True)
+            self._unfreeze(self.critic, self.objectives)
             if finite:
                 self._update_ema(iteration)
             logs.update(step_logs)
         if critic_opt is not None:
             self._reshard_roles()
-            if freeze:
-                self.generator.requires_grad_(False)  # the critic step never updates the generator
+            self._freeze(self.generator)  # the critic step never updates the generator
             loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
@@ -479,8 +467,7 @@ class DistillationModule(L.LightningModule):
                 opt.optimizer.step()  # not counted: one counted step per iteration
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            if freeze:
-                set_trainable(self.generator, True)  # a LoRA generator's base weights stay frozen
+            self._unfreeze(self.generator)
             logs.update(step_logs)
         self.iteration += 1
         if batch.get("num_skipped") is not None:
@@ -488,6 +475,22 @@ class DistillationModule(L.LightningModule):
         logs["train/nonfinite_skipped"] = torch.tensor(float(self.nonfinite.skipped))
         self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
         self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
+
+    def _freeze(self, *roles: nn.Module | None) -> None:
+        """Freeze the roles the coming step does not update, so that its backward computes no weight gradients
+        for them. Not under FSDP2: a unit's gathered parameters keep the requires_grad of their first use, so a
+        role frozen then would never train again (and one trainable then gets gradients anyway); there the other
+        role's gradients are computed and dropped (zeroed before its own step), and only its optimizer steps."""
+        if not is_sharded(self.generator):
+            for role in roles:
+                if role is not None:
+                    role.requires_grad_(False)
+
+    def _unfreeze(self, *roles: nn.Module | None) -> None:
+        if not is_sharded(self.generator):
+            for role in roles:
+                if role is not None:
+                    set_trainable(role, True)  # a LoRA role's base weights stay frozen
 
     def _reshard_roles(self) -> None:
         """FSDP2: start each step from sharded roles. A role root used without backward (a no-grad roll-out, the
