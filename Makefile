@@ -11,6 +11,8 @@ $(VENV)/installed: setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install torch==2.13.0
 	$(VENV)/bin/pip install -e ".[dev]"
+	# DeepSpeed's CPU communication op, JIT-compiled once (about 2 minutes) into TORCH_EXTENSIONS_DIR
+	$(VENV)/bin/python -c "from oneforcing.engines.deepspeed import build_communication_op as b; b()"
 	touch $@
 
 demo: $(VENV)/installed

@@ -5,10 +5,11 @@ Each engine trains ``configs/toy/one_forcing_framewise_1step.yaml`` (the real to
 iterations through the CLI, one engine after the other in this one run, so the figures compare side by side.
 A probe callback records on every rank: mean seconds per iteration after ``--warmup`` iterations (whole
 generator/critic cycles: a generator step every 5th iteration), the bytes each rank holds of parameters,
-gradients and optimizer state (local shards under FSDP2), and the peak RSS.
+gradients and optimizer state (local shards under FSDP2, partitions under ZeRO-3; DeepSpeed's fp32 master
+partitions count as optimizer state; its gradient buffers are not counted), and the peak RSS.
 
     oneforcing data toy --out data/toy --num-videos 20000 --seed 0   # once
-    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2]
+    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2 zero2 zero3]
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "toy" / "one_forcing_framewise_1step.yaml"
-ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16"}
-PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed"}
+ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16", "zero2": "zero2",
+           "zero3": "zero3"}
+PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed", "zero2": "32-true", "zero3": "32-true"}
 
 PROBE = '''
 import json, resource, time
@@ -36,13 +38,26 @@ from torch.distributed.tensor import DTensor
 
 
 def local_bytes(tensors):
+    """Bytes this rank holds: an FSDP2 shard, a ZeRO-3 partition (``ds_tensor``), else the whole tensor."""
     total = 0
     for t in tensors:
         if t is None:
             continue
-        t = t.to_local() if isinstance(t, DTensor) else t
+        t = t.to_local() if isinstance(t, DTensor) else (t.ds_tensor if hasattr(t, "ds_id") else t)
         total += t.numel() * t.element_size()
     return total
+
+
+def optimizer_tensors(optimizer):
+    """AdamW's state; for a DeepSpeed ZeRO optimizer, its inner AdamW's state and the fp32 master partitions it
+    steps (copies beside the module's parameters)."""
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    tensors = []
+    if isinstance(optimizer, ZeROOptimizer):
+        optimizer = optimizer.optimizer
+        tensors += [p for group in optimizer.param_groups for p in group["params"]]
+    return tensors + [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
 
 
 class EngineProbe(L.Callback):
@@ -55,8 +70,7 @@ class EngineProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter() - self.start)
         params = list(pl_module.parameters())
-        states = [v for opt in trainer.optimizers for s in opt.state.values() for v in s.values()
-                  if torch.is_tensor(v) and v.ndim > 0]
+        states = [t for opt in trainer.optimizers for t in optimizer_tensors(opt)]
         held = {"parameters": local_bytes(params), "optimizer": local_bytes(states)}
         grads = local_bytes(p.grad for p in params)
         self.held = {**held, "gradients": max(grads, self.held.get("gradients", 0))}
@@ -103,7 +117,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default="data/toy")
-    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2"], choices=list(ENGINES),
+    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3"], choices=list(ENGINES),
                         help="fsdp2_bf16 fails on the CPU (layer norms refuse bf16 inputs with fp32 weights)")
     args = parser.parse_args()
     if not (REPO / args.data / "train" / "index.json").is_file():

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+import oneforcing.engines.deepspeed  # noqa: F401  (registers the `zero2` / `zero3` strategies by name)
 import oneforcing.engines.fsdp2  # noqa: F401  (registers the `fsdp2` strategies by name)
 
 

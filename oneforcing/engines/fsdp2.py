@@ -110,24 +110,25 @@ class FSDP2Strategy(ModelParallelStrategy):
         path = Path(self.broadcast(str(filepath)))
         partial, previous = path.with_name(path.name + ".partial"), path.with_name(path.name + ".previous")
         if self.global_rank == 0 and partial.exists():
-            _remove(partial)  # the leftover of a killed save
+            remove_path(partial)  # the leftover of a killed save
         self.barrier("oneforcing_checkpoint_clean")
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
         except (OSError, CheckpointException) as error:  # a full disk, on any rank (DCP reports it on every rank)
             self.barrier("oneforcing_checkpoint_failed")  # every rank is done with the partial folder
             if self.global_rank == 0:
-                _remove(partial)
-            kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
+                remove_path(partial)
+            kept = (f"the previous checkpoint {path} is intact" if path.exists()
+                    else f"the other checkpoints in {path.parent} are untouched")
             raise OSError(f"Writing the checkpoint {path} failed ({_describe(error)}); {kept}. Free space or point "
                           "the checkpoint dirpath elsewhere, then resume from the last checkpoint.") from error
         self.barrier("oneforcing_checkpoint_written")
         if self.global_rank == 0:
             if path.exists():
-                _remove(previous)
+                remove_path(previous)
                 path.rename(previous)
             partial.rename(path)
-            _remove(previous)
+            remove_path(previous)
         self.barrier("oneforcing_checkpoint_swapped")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def _describe(error: BaseException) -> str:
     return str(error)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():

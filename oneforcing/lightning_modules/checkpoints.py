@@ -1,7 +1,7 @@
 """Loading trained modules for sampling and evaluation without unpickling arbitrary code.
 
 Lightning ``.ckpt`` files (read with ``torch.load(weights_only=True)``; hyper-parameters are plain types),
-the sharded checkpoint folders of the ``fsdp2`` strategy (gathered whole on one process) and exported ``.safetensors`` files whose metadata name the module class and its
+the sharded checkpoint folders of the ``fsdp2`` and ``zero2`` / ``zero3`` strategies (gathered whole on one process) and exported ``.safetensors`` files whose metadata name the module class and its
 hyper-parameters (written by the ``ExportWeights`` callback). A third, ``load_released_module``: a ``.pt``
 released by the reference trainers (Self-Forcing, Causal Forcing, One-Forcing; Wan's original naming), whose
 architecture and sampling schedule come from one of our recipe configs (``--released-config``).
@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from safetensors.torch import load_file
 
+from oneforcing.engines.deepspeed import is_deepspeed_checkpoint, read_deepspeed_checkpoint
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.models.released_checkpoints import is_released_checkpoint, load_released, released_state
@@ -87,15 +88,19 @@ def build_trained_module(name: str, hparams: dict, state: dict[str, torch.Tensor
 
 
 def read_sharded_checkpoint(path: str | Path) -> dict:
-    """A distributed checkpoint folder (FSDP2: a ``.distcp`` shard per rank and ``meta.pt``) as one whole
-    Lightning checkpoint dict, read on one process."""
+    """A distributed checkpoint folder (FSDP2: a ``.distcp`` shard per rank and ``meta.pt``; DeepSpeed: a folder
+    per engine and ``trainer.pt``) as one whole Lightning checkpoint dict, read on one process."""
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
     path = Path(path)
-    if not (path / "meta.pt").is_file() or not any(path.glob("*.distcp")):
+    if is_deepspeed_checkpoint(path):
+        checkpoint = read_deepspeed_checkpoint(path)
+    elif (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
+        checkpoint = _load_distributed_checkpoint(path)
+    else:
         raise ValueError(f"{path} is a folder but not a sharded checkpoint (no meta.pt and *.distcp shards written by "
-                         "the fsdp2 strategy). Pass a .ckpt file, an exported .safetensors or a checkpoint folder.")
-    checkpoint = _load_distributed_checkpoint(path)
+                         "the fsdp2 strategy, no trainer.pt and engine folders written by the zero2 / zero3 "
+                         "strategies). Pass a .ckpt file, an exported .safetensors or a checkpoint folder.")
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a sharded checkpoint of a oneforcing module (no state_dict/hyper_parameters).")
     return checkpoint

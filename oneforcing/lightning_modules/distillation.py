@@ -32,7 +32,8 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.models.sharded import full_state_dict, full_tensor, is_sharded, local_tensor, reshard
+from oneforcing.engines.deepspeed import DeepSpeedStrategy, EngineRole
+from oneforcing.models.sharded import full_state_dict, full_tensor, gathered, is_fsdp2, local_tensor, reshard
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -265,6 +266,24 @@ class DistillationModule(L.LightningModule):
         return [unit for role in roles if role is not None for unit in role.shard_units()] + \
             [unit for objective in self.objectives for unit in objective.shard_units()]
 
+    def engine_roles(self) -> list[EngineRole]:
+        """The trainable roles as DeepSpeed engines (``oneforcing.engines.deepspeed``), in the order of
+        ``configure_optimizers``: the generator, and the critic with the objectives' parameters that train beside it."""
+        hp = self.hparams
+        roles = [EngineRole("generator", self.generator, hp.generator_grad_clip, ("generator.",))]
+        if not self.critic_objectives:
+            return roles
+        own = [type(o).__name__ for o in self.objectives if o.optimizer_settings() is not None]
+        if own:
+            raise ValueError(f"{own} train their parameters with their own optimizer settings, which DeepSpeed's one "
+                             "engine per role cannot step beside the critic's; unset them (e.g. the GAN's head_lr) "
+                             "so that they train with the critic's optimizer, or use strategy ddp / fsdp2.")
+        shared = [(i, o) for i, o in enumerate(self.objectives) if any(True for _ in o.parameters())]
+        modules = [self.critic, *(o for _, o in shared)]
+        prefixes = ("critic.", *(f"objectives.{i}." for i, _ in shared))
+        module = self.critic if len(modules) == 1 else nn.ModuleList(modules)
+        return roles + [EngineRole("critic", module, hp.critic_grad_clip, prefixes)]
+
     @property
     def generator_objectives(self) -> list[Objective]:
         return [o for o in self.objectives if o.has_generator_loss]
@@ -442,10 +461,10 @@ class DistillationModule(L.LightningModule):
             finite = self.nonfinite.is_finite(self, loss, "generator")
             if finite:
                 self.manual_backward(loss)
-                logs["generator/grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(
-                    self.generator.parameters(), hp.generator_grad_clip))
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
-            (generator_opt.step() if critic_opt is None else generator_opt.optimizer.step())
+            norm = self._clip_and_step(generator_opt, hp.generator_grad_clip, counted=critic_opt is None, clip=finite)
+            if finite:
+                logs["generator/grad_norm"] = norm
             generator_opt.zero_grad(set_to_none=True)
             self._unfreeze(self.critic, self.objectives)
             if finite:
@@ -457,14 +476,15 @@ class DistillationModule(L.LightningModule):
             loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            if self.nonfinite.is_finite(self, loss, "critic") and loss.requires_grad:
+            backward = self.nonfinite.is_finite(self, loss, "critic") and loss.requires_grad
+            if backward:
                 self.manual_backward(loss)
-                for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):
-                    params = [p for g in opt.optimizer.param_groups for p in g["params"]]
-                    logs[f"{name}/grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(params, hp.critic_grad_clip))
-            critic_opt.step()  # counted by Lightning; without gradients (a skipped step) it changes nothing
-            for opt in head_opts:
-                opt.optimizer.step()  # not counted: one counted step per iteration
+            # the critic's step is counted by Lightning, its heads' are not (one counted step per iteration);
+            # without gradients (a skipped step) they change nothing
+            for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):
+                norm = self._clip_and_step(opt, hp.critic_grad_clip, counted=opt is critic_opt, clip=backward)
+                if backward:
+                    logs[f"{name}/grad_norm"] = norm
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
             self._unfreeze(self.generator)
@@ -476,18 +496,33 @@ class DistillationModule(L.LightningModule):
         self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
         self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
 
+    def _clip_and_step(self, optimizer, max_norm: float, counted: bool, clip: bool) -> torch.Tensor | None:
+        """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` and step it; with ``clip``, their global
+        norm before clipping. ``counted``: the step goes through Lightning (the iteration's one counted step).
+        Under DeepSpeed the role's engine reduces, clips and steps (and does nothing without a backward)."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy):
+            optimizer.step() if counted else strategy.step_engine(optimizer)
+            return strategy.grad_norm(optimizer) if clip else None
+        norm = None
+        if clip:
+            params = [p for group in optimizer.optimizer.param_groups for p in group["params"]]
+            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        optimizer.step() if counted else optimizer.optimizer.step()
+        return norm
+
     def _freeze(self, *roles: nn.Module | None) -> None:
         """Freeze the roles the coming step does not update, so that its backward computes no weight gradients
         for them. Not under FSDP2: a unit's gathered parameters keep the requires_grad of their first use, so a
         role frozen then would never train again (and one trainable then gets gradients anyway); there the other
         role's gradients are computed and dropped (zeroed before its own step), and only its optimizer steps."""
-        if not is_sharded(self.generator):
+        if not is_fsdp2(self.generator):
             for role in roles:
                 if role is not None:
                     role.requires_grad_(False)
 
     def _unfreeze(self, *roles: nn.Module | None) -> None:
-        if not is_sharded(self.generator):
+        if not is_fsdp2(self.generator):
             for role in roles:
                 if role is not None:
                     set_trainable(role, True)  # a LoRA role's base weights stay frozen
@@ -507,12 +542,14 @@ class DistillationModule(L.LightningModule):
             return
         reshard(self.generator_ema), reshard(self.generator)  # FSDP2: update the shards, not gathered copies
         # under FSDP2 both are sharded alike: the update is local to each rank's shards (no communication)
-        ema, live = ([local_tensor(p) for p in role.parameters()] for role in (self.generator_ema, self.generator))
-        if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
-            torch._foreach_copy_(ema, live)
-            self.ema_initialised.fill_(True)
-        else:
-            torch._foreach_lerp_(ema, live, 1.0 - hp.ema_decay)
+        # under ZeRO-3 the EMA is a replica and the generator's partitions are gathered for the update
+        with gathered(self.generator):
+            ema, live = ([local_tensor(p) for p in role.parameters()] for role in (self.generator_ema, self.generator))
+            if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
+                torch._foreach_copy_(ema, live)
+                self.ema_initialised.fill_(True)
+            else:
+                torch._foreach_lerp_(ema, live, 1.0 - hp.ema_decay)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Sampling happens in the SampleVideoLogger callback; nothing to compute per batch."""

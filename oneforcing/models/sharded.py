@@ -1,15 +1,42 @@
-"""Whole tensors and state dicts of modules that may be sharded by FSDP2 (their parameters are DTensors)."""
+"""Whole tensors and state dicts of modules whose parameters may be split across ranks: FSDP2 shards (DTensors)
+or DeepSpeed ZeRO-3 partitions (parameters carrying ``ds_id``, empty outside a gather)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 
-def is_sharded(module: nn.Module) -> bool:
+def is_fsdp2(module: nn.Module) -> bool:
     """Whether any parameter of ``module`` is an FSDP2 shard (a DTensor)."""
     return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def is_partitioned(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` is a DeepSpeed ZeRO-3 partition."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are split across ranks (FSDP2 or ZeRO-3): using them whole is a collective,
+    so every rank must take part (sampling, exports)."""
+    return is_fsdp2(module) or is_partitioned(module)
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """Inside: ``module``'s ZeRO-3 parameters whole on every rank (a collective; read-only). A no-op otherwise."""
+    if not is_partitioned(module):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        yield
 
 
 def full_tensor(value: torch.Tensor) -> torch.Tensor:
@@ -24,7 +51,10 @@ def local_tensor(value: torch.Tensor) -> torch.Tensor:
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` with whole tensors on the CPU; a collective when the module is sharded."""
-    if not is_sharded(module):
+    if is_partitioned(module):
+        with gathered(module):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    if not is_fsdp2(module):
         return module.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

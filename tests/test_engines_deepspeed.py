@@ -1,0 +1,124 @@
+"""The DeepSpeed engine (one ZeRO engine per trainable role) on 2 CPU processes (gloo) through the real CLI: the
+same losses as DDP under ZeRO-2 and ZeRO-3, whole exports, every toy recipe, exact resume, and the faults of design
+§10 injected (kill -9 between checkpoints and during a checkpoint write, a full disk during a write).
+
+Recipes are shrunk as in test_engines (tiny backbone, 6 frames of 16×16); faults come from a callback module put on
+the subprocess's PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, SUBPROCESS_ENV, describe
+from safetensors.torch import load_file
+from test_engines import ONE_FORCING, RECIPES, SCHEDULE, fit, scalars, shrunk
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(recipe_inputs, tmp_path_factory) -> dict:
+    """One-Forcing (DMD + GAN: generator and critic engines, EMA and teacher outside) 4 iterations under DDP,
+    ZeRO-2 and ZeRO-3."""
+    out = tmp_path_factory.mktemp("deepspeed")
+    runs = {}
+    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("zero2", "zero2"), ("zero3", "zero3")):
+        config = shrunk(ONE_FORCING, recipe_inputs, out, engine, strategy, max_steps=4, checkpoint_every=2,
+                        **SCHEDULE)
+        result = fit(config, out)
+        assert result.returncode == 0, describe(result)
+        runs[engine] = out / engine / "version_0"
+    runs["out"] = out
+    return runs
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_logs_the_losses_of_ddp(stage, deepspeed_runs):
+    ddp, zero = scalars(deepspeed_runs["ddp"]), scalars(deepspeed_runs[stage])
+    losses = [t for t in ddp if t.startswith(("generator/", "critic/"))]
+    assert {"generator/loss", "critic/loss", "generator/grad_norm", "critic/grad_norm"} <= set(losses)
+    for tag in losses:
+        assert [s for s, _ in zero[tag]] == [s for s, _ in ddp[tag]], tag
+        for (_, a), (_, b) in zip(ddp[tag], zero[tag]):
+            assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (tag, a, b)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_exports_every_key_of_ddp_with_the_same_weights(stage, deepspeed_runs):
+    ddp = load_file(deepspeed_runs["ddp"] / "weights.safetensors")
+    zero = load_file(deepspeed_runs[stage] / "weights.safetensors")
+    assert sorted(zero) == sorted(ddp)
+    worst = max(float((zero[k].float() - ddp[k].float()).abs().max()) for k in ddp)
+    assert worst < 1e-5, worst
+
+
+def test_a_deepspeed_checkpoint_is_a_folder_that_loads_whole_for_sampling_and_export(deepspeed_runs, tmp_path):
+    from oneforcing.lightning_modules.checkpoints import load_trained_module
+
+    folder = deepspeed_runs["zero3"] / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in folder.iterdir()) == ["critic", "generator", "trainer.pt"]
+    assert len(list((folder / "generator" / "state").glob("*optim_states.pt"))) == 2  # a partition per rank
+    module = load_trained_module(folder)
+    exported = load_file(deepspeed_runs["zero3"] / "weights.safetensors")
+    state = module.state_dict()
+    assert {k for k in state} <= set(exported)
+    assert all(torch.equal(state[k], exported[k]) for k in state)  # the last checkpoint is the end of training
+    result = subprocess.run([sys.executable, "-m", "oneforcing.cli", "export", "--checkpoint", str(folder),
+                             "--out", str(tmp_path / "w.safetensors")], cwd=REPO_ROOT, env=SUBPROCESS_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, describe(result)
+    assert sorted(load_file(tmp_path / "w.safetensors")) == sorted(exported)
+
+
+@pytest.mark.parametrize("kill", ["between", "write"])
+def test_a_killed_deepspeed_run_resumes_to_the_uninterrupted_weights(kill, deepspeed_runs, recipe_inputs):
+    """ZeRO-3, kill -9 of both ranks before iteration 3 (between the checkpoints of 2 and 4) or during the write of
+    the checkpoint of iteration 4 (every engine written, not the trainer state); the resumed run reaches the
+    uninterrupted run's weights exactly."""
+    out, name = deepspeed_runs["out"], f"killed_{kill}"
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "zero3", max_steps=4, checkpoint_every=2,
+                    fault=("between", 3) if kill == "between" else ("write", 4), **SCHEDULE)
+    killed = fit(config, out)
+    assert killed.returncode == -signal.SIGKILL, describe(killed)
+    checkpoints = out / name / "version_0" / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    assert torch.load(last / "trainer.pt", weights_only=True)["global_step"] == 2  # the previous one, intact
+    if kill == "write":
+        assert [p.name for p in checkpoints.glob("*.partial")] == ["epoch=1-step=4.ckpt.partial"]  # the killed write
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "zero3", max_steps=4, checkpoint_every=2, **SCHEDULE)
+    resumed = fit(config, out, "--ckpt_path", str(last))
+    assert resumed.returncode == 0, describe(resumed)
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    final = load_file(out / name / "version_1" / "weights.safetensors")
+    uninterrupted = load_file(deepspeed_runs["zero3"] / "weights.safetensors")
+    assert sorted(final) == sorted(uninterrupted)
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
+
+
+def test_a_full_disk_during_a_deepspeed_checkpoint_write_names_the_path_and_keeps_the_last_checkpoint(
+        deepspeed_runs, recipe_inputs):
+    out = deepspeed_runs["out"]
+    config = shrunk(ONE_FORCING, recipe_inputs, out, "disk_full", "zero2", max_steps=4, checkpoint_every=2,
+                    fault=("disk_full", 4), **SCHEDULE)
+    result = fit(config, out)
+    assert result.returncode != 0
+    checkpoints = out / "disk_full" / "version_0" / "checkpoints"
+    assert f"Writing the checkpoint {checkpoints}" in result.stderr
+    assert "rank 0: [Errno 28] No space left on device" in result.stderr and "rank 1: [Errno 28]" in result.stderr
+    assert f"the other checkpoints in {checkpoints} are untouched" in result.stderr  # a new file: step=4
+    assert torch.load(checkpoints / "last.ckpt" / "trainer.pt", weights_only=True)["global_step"] == 2
+    assert not list(checkpoints.glob("*.partial"))
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.stem)
+def test_toy_recipe_trains_under_zero3(config, recipe_inputs, tmp_path):
+    result = fit(shrunk(config, recipe_inputs, tmp_path, config.stem, "zero3", max_steps=2), tmp_path)
+    assert result.returncode == 0, describe(result)
+    assert "`Trainer.fit` stopped: `max_steps=2` reached." in result.stdout + result.stderr
+    exported = load_file(tmp_path / config.stem / "version_0" / "weights.safetensors")
+    assert any(k.startswith("generator.") for k in exported)
