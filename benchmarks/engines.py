@@ -9,7 +9,10 @@ gradients and optimizer state (local shards under FSDP2, partitions under ZeRO-3
 partitions count as optimizer state; its gradient buffers are not counted), and the peak RSS.
 
     oneforcing data toy --out data/toy --num-videos 20000 --seed 0   # once
-    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2 zero2 zero3]
+    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2 zero2 zero3 ddp_checkpointed]
+
+``ddp_checkpointed`` is DDP with the generator's and the critic's Wan blocks recomputed in backward
+(``activation_checkpointing``): its time and peak memory against ``ddp`` are the cost and the saving.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "toy" / "one_forcing_framewise_1step.yaml"
 ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16", "zero2": "zero2",
-           "zero3": "zero3"}
-PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed", "zero2": "32-true", "zero3": "32-true"}
+           "zero3": "zero3", "ddp_checkpointed": "ddp_find_unused_parameters_true"}
+PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed", "zero2": "32-true", "zero3": "32-true",
+             "ddp_checkpointed": "32-true"}
+MODEL = {"ddp_checkpointed": {"activation_checkpointing": ["generator", "critic"]}}  # model settings of a variant
 
 PROBE = '''
 import json, resource, time
@@ -84,8 +89,10 @@ class EngineProbe(L.Callback):
 '''
 
 
-def config_for(strategy: str, precision: str, iterations: int, warmup: int, data: str, out: Path) -> Path:
+def config_for(strategy: str, precision: str, iterations: int, warmup: int, data: str, out: Path,
+               model: dict | None = None) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["model"]["init_args"].update(model or {})
     trainer = recipe["trainer"]
     trainer.update(accelerator="cpu", devices=2, strategy=strategy, precision=precision, max_steps=iterations,
                    limit_val_batches=0,
@@ -103,7 +110,7 @@ def run(engine: str, iterations: int, warmup: int, data: str, root: Path) -> dic
     out.mkdir()
     (root / "engine_probe.py").write_text(PROBE)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
-    config = config_for(ENGINES[engine], PRECISION[engine], iterations, warmup, data, out)
+    config = config_for(ENGINES[engine], PRECISION[engine], iterations, warmup, data, out, MODEL.get(engine))
     result = subprocess.run([sys.executable, "-m", "oneforcing.cli", "fit", "--config", str(config)], cwd=REPO,
                             env=env, capture_output=True, text=True)
     if result.returncode:
@@ -117,7 +124,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default="data/toy")
-    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3"], choices=list(ENGINES),
+    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3", "ddp_checkpointed"], choices=list(ENGINES),
                         help="fsdp2_bf16 fails on the CPU (layer norms refuse bf16 inputs with fp32 weights)")
     args = parser.parse_args()
     if not (REPO / args.data / "train" / "index.json").is_file():

@@ -122,3 +122,37 @@ def test_toy_recipe_trains_under_zero3(config, recipe_inputs, tmp_path):
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in result.stdout + result.stderr
     exported = load_file(tmp_path / config.stem / "version_0" / "weights.safetensors")
     assert any(k.startswith("generator.") for k in exported)
+
+
+def test_every_engine_accumulates_micro_batches_as_ddp_does(recipe_inputs, tmp_path):
+    """micro_batches=2 (batch 2 per rank: one sample per micro-batch): several backwards before one step accumulate
+    under FSDP2 and DeepSpeed as under DDP."""
+    logged = {}
+    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("fsdp2", "fsdp2"), ("zero2", "zero2"),
+                             ("zero3", "zero3")):
+        config = shrunk(ONE_FORCING, recipe_inputs, tmp_path, engine, strategy, max_steps=3, micro_batches=2,
+                        **SCHEDULE)
+        result = fit(config, tmp_path)
+        assert result.returncode == 0, describe(result)
+        logged[engine] = scalars(tmp_path / engine / "version_0")
+    ddp = logged["ddp"]
+    for engine in ("fsdp2", "zero2", "zero3"):
+        for tag in ("generator/loss", "generator/grad_norm", "critic/loss", "critic/grad_norm"):
+            assert [s for s, _ in logged[engine][tag]] == [s for s, _ in ddp[tag]], tag
+            for (_, a), (_, b) in zip(ddp[tag], logged[engine][tag]):
+                assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (engine, tag, a, b)
+
+
+def test_activation_checkpointing_keeps_the_losses_under_every_engine(deepspeed_runs, recipe_inputs, tmp_path):
+    """Generator and critic blocks recomputed in backward (the critic frozen inside the generator step's GAN loss:
+    the ZeRO-3 + checkpoint + frozen-parameter case) log the losses of the plain DDP run."""
+    ddp = scalars(deepspeed_runs["ddp"])
+    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("fsdp2", "fsdp2"), ("zero3", "zero3")):
+        config = shrunk(ONE_FORCING, recipe_inputs, tmp_path, engine, strategy, max_steps=4,
+                        activation_checkpointing=["generator", "critic"], **SCHEDULE)
+        result = fit(config, tmp_path)
+        assert result.returncode == 0, describe(result)
+        logged = scalars(tmp_path / engine / "version_0")
+        for tag in ("generator/loss", "generator/grad_norm", "critic/loss", "critic/grad_norm"):
+            for (_, a), (_, b) in zip(ddp[tag], logged[tag], strict=True):
+                assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (engine, tag, a, b)

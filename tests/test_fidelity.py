@@ -81,9 +81,9 @@ def test_the_negative_prompt_is_the_unconditional_context_of_every_step(teacher_
     seen = []
     original = module._step_context
 
-    def spy(batch, context, uncond_context):
+    def spy(batch, context, uncond_context, draws=None):
         seen.append(uncond_context.clone())
-        return original(batch, context, uncond_context)
+        return original(batch, context, uncond_context, draws)
 
     module._step_context = spy
     captions = ["a large red circle moving left quickly"] * 2

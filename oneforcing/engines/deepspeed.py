@@ -44,13 +44,14 @@ TRAINER_FILE = "trainer.pt"
 @dataclass
 class EngineRole:
     """A trainable role as an engine sees it: its name, the module holding exactly its optimizer's parameters and
-    the gradient norm it is clipped to. ``prefixes`` name the module's parameters in the LightningModule: one
+    the gradient norm it is clipped to, and the backwards it accumulates per step. ``prefixes`` name the module's parameters in the LightningModule: one
     prefix for a plain role, one per child when ``module`` is a ``ModuleList`` of several modules."""
 
     name: str
     module: nn.Module
     max_grad_norm: float
     prefixes: tuple[str, ...]
+    micro_batches: int = 1  # backwards accumulated before each step (the module's gradient accumulation)
 
 
 class DeepSpeedStrategy(DDPStrategy):
@@ -157,6 +158,13 @@ class DeepSpeedStrategy(DDPStrategy):
             "steps_per_print": 2**62,
             "wall_clock_breakdown": False,
         }
+        if role.micro_batches > 1:
+            # several backwards, then one step: the caller owns the boundary (DeepSpeed's managed accumulation
+            # counts micro-steps through step() and, with gradient_accumulation_steps 1, keeps only the last
+            # backward's gradients); ZeRO-3 then reduces without overlap_comm
+            config["managed_gradient_accumulation"] = False
+            if self.stage == 3:
+                zero["overlap_comm"] = False
         for key, value in self.extra_config.items():
             config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) \
                 else value
@@ -185,7 +193,11 @@ class DeepSpeedStrategy(DDPStrategy):
     def backward(self, closure_loss: torch.Tensor, optimizer, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self._training_role()
         closure_loss = self.precision_plugin.pre_backward(closure_loss, self.lightning_module)
-        self.engines[name].backward(closure_loss, *args, **kwargs)
+        engine = self.engines[name]
+        # what engine.forward() starts with (the roles are called directly, not through their engine): ZeRO-3
+        # counts this step's backwards there, and accumulates a micro-batch's gradient partitions only after the first
+        engine.optimizer.clear_backward_seen_flag()
+        engine.backward(closure_loss, *args, **kwargs)
         self._pending.add(name)
         return self.precision_plugin.post_backward(closure_loss, self.lightning_module)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import lightning as L
@@ -94,6 +95,14 @@ class DistillationModule(L.LightningModule):
         ema_decay, ema_start: EMA of the generator, created at iteration ``ema_start`` (None: no EMA).
         seed: seeds the module's random generators.
         nonfinite_patience: consecutive non-finite losses skipped before the run stops with an error.
+        micro_batches: gradient accumulation: each role's step accumulates the gradients of this many equal parts
+            of the batch (one part's activations alive at a time), so the data's ``batch_size`` per rank is the
+            effective batch and must be a multiple. The step's exit steps are drawn once and shared by its
+            micro-batches (as by the ranks); noise and σ are drawn per micro-batch. ``max_steps`` still counts
+            iterations.
+        activation_checkpointing: the trainable roles ("generator", "critic") whose Wan blocks recompute their
+            activations in backward instead of keeping them (off by default). The generator's roll-out calls
+            (KV-cached) are not recomputed: only its full-sequence passes (teacher forcing, diffusion, trajectory).
     """
 
     def __init__(
@@ -130,6 +139,8 @@ class DistillationModule(L.LightningModule):
         ema_start: int | None = 50,
         seed: int = 0,
         nonfinite_patience: int = 20,
+        micro_batches: int = 1,
+        activation_checkpointing: Sequence[str] = (),
         generator_lora: LoRAConfig | dict | None = None,
         critic_lora: LoRAConfig | dict | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut's trampoline hides it)
@@ -142,6 +153,7 @@ class DistillationModule(L.LightningModule):
         self.hparams["teacher_backbone"] = dataclasses.asdict(self.teacher_config)
         self.hparams["denoising_steps"] = list(denoising_steps)
         self.hparams["first_block_steps"] = list(first_block_steps) if first_block_steps else None
+        self.hparams["activation_checkpointing"] = list(activation_checkpointing)
         self.generator_lora, self.critic_lora = as_lora_config(generator_lora), as_lora_config(critic_lora)
         for name, lora in (("generator_lora", self.generator_lora), ("critic_lora", self.critic_lora)):
             self.hparams[name] = dataclasses.asdict(lora) if lora else None  # plain types: loads with weights_only
@@ -178,6 +190,14 @@ class DistillationModule(L.LightningModule):
                                 "oneforcing.data.exact_bank.ExactToyTeacher)")
             problems += o.check(self)
         problems += self._given_teacher_problems()
+        unknown = sorted(set(hp.activation_checkpointing) - {"generator", "critic"})
+        if unknown:
+            problems.append(f"activation_checkpointing names {unknown}; it takes the trainable roles 'generator' and "
+                            "'critic' (the teacher runs without gradients)")
+        elif "critic" in hp.activation_checkpointing and "critic" not in self.roles:
+            problems.append("activation_checkpointing names 'critic', but no objective uses a critic")
+        if hp.micro_batches < 1:
+            problems.append(f"micro_batches={hp.micro_batches} must be >= 1 (1: no gradient accumulation)")
         if hp.generator_update_every < 1:
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
@@ -255,6 +275,9 @@ class DistillationModule(L.LightningModule):
                 apply_lora(self.critic, self.critic_lora)
         if hp.ema_start is not None:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        trainable = {"generator": self.generator, "critic": self.critic}
+        for role in hp.activation_checkpointing:  # the EMA copy is used without gradients: nothing to recompute
+            trainable[role].enable_activation_checkpointing()
         for objective in self.objectives:
             objective.configure(self.critic)
 
@@ -270,7 +293,7 @@ class DistillationModule(L.LightningModule):
         """The trainable roles as DeepSpeed engines (``oneforcing.engines.deepspeed``), in the order of
         ``configure_optimizers``: the generator, and the critic with the objectives' parameters that train beside it."""
         hp = self.hparams
-        roles = [EngineRole("generator", self.generator, hp.generator_grad_clip, ("generator.",))]
+        roles = [EngineRole("generator", self.generator, hp.generator_grad_clip, ("generator.",), hp.micro_batches)]
         if not self.critic_objectives:
             return roles
         own = [type(o).__name__ for o in self.objectives if o.optimizer_settings() is not None]
@@ -282,7 +305,7 @@ class DistillationModule(L.LightningModule):
         modules = [self.critic, *(o for _, o in shared)]
         prefixes = ("critic.", *(f"objectives.{i}." for i, _ in shared))
         module = self.critic if len(modules) == 1 else nn.ModuleList(modules)
-        return roles + [EngineRole("critic", module, hp.critic_grad_clip, prefixes)]
+        return roles + [EngineRole("critic", module, hp.critic_grad_clip, prefixes, hp.micro_batches)]
 
     @property
     def generator_objectives(self) -> list[Objective]:
@@ -410,14 +433,22 @@ class DistillationModule(L.LightningModule):
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.rank_rng).to(self.device)
 
-    def _step_context(self, batch: dict, context: torch.Tensor, uncond_context: torch.Tensor) -> StepContext:
+    def _step_context(self, batch: dict, context: torch.Tensor, uncond_context: torch.Tensor,
+                      draws: list[tuple[int, int | None]] | None = None) -> StepContext:
+        """The objectives' view of one (micro-)batch. ``draws``: the step's exit steps, shared by its micro-batches:
+        the k-th roll-out of each micro-batch uses the k-th draw (made by the first micro-batch that needs it)."""
         hp = self.hparams
         window = gradient_window(hp.num_frames, hp.gradient_window_frames)
+        draws = [] if draws is None else draws
+        calls = itertools.count()
 
         def rollout(grad: bool):
-            exit_index = int(torch.randint(len(self.step_sigmas), (), generator=self.shared_rng))
-            first_exit = (int(torch.randint(len(self.first_block_sigmas), (), generator=self.shared_rng))
-                          if self.first_block_sigmas else None)
+            call = next(calls)
+            if call == len(draws):
+                draws.append((int(torch.randint(len(self.step_sigmas), (), generator=self.shared_rng)),
+                              int(torch.randint(len(self.first_block_sigmas), (), generator=self.shared_rng))
+                              if self.first_block_sigmas else None))
+            exit_index, first_exit = draws[call]
             with torch.set_grad_enabled(grad):
                 return self_forcing_rollout(self.generator, context, self._noise, hp.num_frames, self.latent_shape(),
                                             self.step_sigmas, exit_index, self.first_block_sigmas, first_exit,
@@ -441,6 +472,40 @@ class DistillationModule(L.LightningModule):
         logs[f"{side}/loss"] = total.detach()
         return total, logs
 
+    def micro_batches_of(self, batch: dict) -> list[dict]:
+        """``batch`` split along its samples into ``micro_batches`` equal parts (the whole batch when 1)."""
+        parts = self.hparams.micro_batches
+        size = len(batch["caption"])
+        if parts == 1:
+            return [batch]
+        if size % parts:
+            raise ValueError(f"A batch of {size} samples does not split into micro_batches={parts}; set the data's "
+                             f"batch_size to a multiple of {parts} (e.g. {parts * max(1, size // parts)}).")
+        step = size // parts
+
+        def part(value, k: int):
+            per_sample = (isinstance(value, torch.Tensor) and value.ndim > 0 and len(value) == size) or \
+                (isinstance(value, list) and len(value) == size)
+            return value[k * step:(k + 1) * step] if per_sample else value  # else per batch (e.g. a skip count)
+
+        return [{key: part(value, k) for key, value in batch.items()} for k in range(parts)]
+
+    def _accumulate(self, objectives: list[Objective], micro_batches: list[tuple[dict, torch.Tensor, torch.Tensor]],
+                    side: str) -> tuple[bool, dict]:
+        """Backward of Σ_k L(micro-batch k) / K, one micro-batch (batch, context, unconditional context) at a time
+        (its graph freed before the next), with the step's exit steps shared by the micro-batches. A micro-batch
+        with a non-finite loss is skipped (counted by the guard). Returns whether any backward ran, and the logs
+        averaged over the micro-batches."""
+        draws, logs, backward = [], {}, False
+        for batch, context, uncond in micro_batches:
+            loss, step_logs = self._sum_losses(objectives, self._step_context(batch, context, uncond, draws), side)
+            for key, value in step_logs.items():
+                logs[key] = logs.get(key, 0.0) + value.detach() / len(micro_batches)
+            if self.nonfinite.is_finite(self, loss, side) and loss.requires_grad:
+                self.manual_backward(loss / len(micro_batches))
+                backward = True
+        return backward, logs
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
         optimizers = self.optimizers()
@@ -449,18 +514,16 @@ class DistillationModule(L.LightningModule):
         head_opts = optimizers[2:]  # objectives' own optimizers (e.g. a GAN head), stepped with the critic's
         iteration = int(self.iteration)
         logs = {}
-        self._reshard_roles()
         # the unconditional context is the teacher's CFG branch: without a teacher it is never encoded
-        uncond = self.uncond_context(len(batch["caption"])) if "teacher" in self.roles else None
-        prompts = (self.batch_context(batch), uncond)
+        micro_batches = [(part, self.batch_context(part),
+                          self.uncond_context(len(part["caption"])) if "teacher" in self.roles else None)
+                         for part in self.micro_batches_of(batch)]
+        self._reshard_roles()
         generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
         if generator_due:
             self._freeze(self.critic, self.objectives)  # the generator step never updates the critic (or its heads)
-            loss, step_logs = self._sum_losses(self.generator_objectives, self._step_context(batch, *prompts), "generator")
             generator_opt.zero_grad(set_to_none=True)
-            finite = self.nonfinite.is_finite(self, loss, "generator")
-            if finite:
-                self.manual_backward(loss)
+            finite, step_logs = self._accumulate(self.generator_objectives, micro_batches, "generator")
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             norm = self._clip_and_step(generator_opt, hp.generator_grad_clip, counted=critic_opt is None, clip=finite)
             if finite:
@@ -473,12 +536,9 @@ class DistillationModule(L.LightningModule):
         if critic_opt is not None:
             self._reshard_roles()
             self._freeze(self.generator)  # the critic step never updates the generator
-            loss, step_logs = self._sum_losses(self.critic_objectives, self._step_context(batch, *prompts), "critic")
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            backward = self.nonfinite.is_finite(self, loss, "critic") and loss.requires_grad
-            if backward:
-                self.manual_backward(loss)
+            backward, step_logs = self._accumulate(self.critic_objectives, micro_batches, "critic")
             # the critic's step is counted by Lightning, its heads' are not (one counted step per iteration);
             # without gradients (a skipped step) they change nothing
             for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):

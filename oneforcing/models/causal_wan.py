@@ -10,7 +10,11 @@ Every path takes per-frame σ (B, F) and uses absolute temporal RoPE positions.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.utils.checkpoint
+from torch import nn
 
 from oneforcing.models.block_layout import (
     BlockLayout,
@@ -86,6 +90,28 @@ class CausalWanBackbone(WanBackbone):
             return super().forward(x, sigma, context)
         finally:
             self.control.clear()
+
+    def _checkpointed_block(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        """A block's checkpoint that recomputes under the attention mask of its forward: the processors read the
+        per-call ``control``, which the backbone clears after the call (a recompute in backward would otherwise
+        attend without the causal mask). A cached call (the roll-out) is not checkpointed: it reads and writes
+        the KV cache, whose later state a recompute would see instead of the forward's."""
+        control = self.control
+        if control.cache is not None:
+            return block(*args)
+        mask, positions = control.mask, control.frame_positions
+
+        @contextlib.contextmanager
+        def as_in_forward():
+            saved = control.mask, control.frame_positions, control.cache
+            control.mask, control.frame_positions, control.cache = mask, positions, None
+            try:
+                yield
+            finally:
+                control.mask, control.frame_positions, control.cache = saved
+
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False,
+                                                 context_fn=lambda: (contextlib.nullcontext(), as_in_forward()))
 
     @staticmethod
     def _per_frame(sigma: torch.Tensor, num_frames: int) -> torch.Tensor:
