@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default="data/toy")
     parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3", "ddp_checkpointed"], choices=list(ENGINES),
-                        help="fsdp2_bf16 fails on the CPU (layer norms refuse bf16 inputs with fp32 weights)")
+                        help="engines to run, side by side (fsdp2_bf16 too: bf16 on the CPU)")
     args = parser.parse_args()
     if not (REPO / args.data / "train" / "index.json").is_file():
         sys.exit(f"No toy data at {args.data}: run `oneforcing data toy --out {args.data} --num-videos 20000 --seed 0`.")

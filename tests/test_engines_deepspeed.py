@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import REPO_ROOT, SUBPROCESS_ENV, describe
 from safetensors.torch import load_file
 from test_engines import ONE_FORCING, RECIPES, SCHEDULE, fit, scalars, shrunk
@@ -156,3 +157,18 @@ def test_activation_checkpointing_keeps_the_losses_under_every_engine(deepspeed_
         for tag in ("generator/loss", "generator/grad_norm", "critic/loss", "critic/grad_norm"):
             for (_, a), (_, b) in zip(ddp[tag], logged[tag], strict=True):
                 assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (engine, tag, a, b)
+
+
+@pytest.mark.parametrize("strategy", ["zero2_bf16", "zero3_bf16", "fsdp2_bf16"])
+def test_bf16_engines_train_on_the_cpu_near_the_fp32_losses(strategy, deepspeed_runs, recipe_inputs, tmp_path):
+    """bf16 parameters (fp32 master weights) with bf16 autocast: the first iterations' losses within 3 % of fp32's."""
+    config = shrunk(ONE_FORCING, recipe_inputs, tmp_path, strategy, strategy, max_steps=2, **SCHEDULE)
+    recipe = yaml.safe_load(config.read_text())
+    recipe["trainer"]["precision"] = "bf16-mixed"
+    config.write_text(yaml.safe_dump(recipe))
+    result = fit(config, tmp_path)
+    assert result.returncode == 0, describe(result)
+    fp32, bf16 = scalars(deepspeed_runs["ddp"]), scalars(tmp_path / strategy / "version_0")
+    for tag in ("generator/loss", "critic/loss"):
+        for (_, a), (_, b) in zip(fp32[tag], bf16[tag]):  # the bf16 run's 2 iterations
+            assert abs(a - b) <= 0.03 * abs(a), (tag, a, b)

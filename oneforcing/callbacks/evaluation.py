@@ -69,8 +69,9 @@ class ToyEvaluation(L.Callback):
         real, prompts = self._real
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():  # the real set in one call, as before (samples do not depend on batching)
-            metrics, _ = toy_metrics(lambda chunk, seed: pl_module.generate(chunk, seed=seed), real, prompts,
+        # the real set in one call, as before (samples do not depend on batching), under the training's autocast
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            metrics, _ = toy_metrics(lambda chunk, seed: pl_module.generate(chunk, seed=seed).float(), real, prompts,
                                      self._net, self.seed, batch_size=self.num_videos, bank=self._bank)
         pl_module.train(was_training)
         if not trainer.is_global_zero:

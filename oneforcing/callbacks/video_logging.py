@@ -39,7 +39,8 @@ class SampleVideoLogger(L.Callback):
         log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
         if not (trainer.is_global_zero or is_sharded(pl_module)):
             return
-        videos = pl_module.generate(self.prompts, seed=self.seed)  # (N, F, 3, H, W); FSDP2: every rank samples
+        with trainer.precision_plugin.forward_context():  # the training's autocast (bf16 parameters need it)
+            videos = pl_module.generate(self.prompts, seed=self.seed).float()  # (N, F, 3, H, W); sharded: every rank
         if not trainer.is_global_zero:
             return
         grid = video_grid(videos)

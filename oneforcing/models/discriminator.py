@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.normalization import FP32LayerNorm
 from torch import nn
 
 
@@ -27,7 +28,9 @@ class RegisterPool(nn.Module):
         if dim % num_heads:
             raise ValueError(f"discriminator dim {dim} is not divisible by its {num_heads} heads.")
         self.num_heads = num_heads
-        self.norm_kv = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
+        # fp32 whatever the parameters' dtype (bf16 under DeepSpeed's bf16 mode), through the module's own forward
+        # (ZeRO-3 gathers a submodule's parameters only there)
+        self.norm_kv = FP32LayerNorm(dim, eps=eps, elementwise_affine=True)
         self.to_q, self.to_k, self.to_v, self.to_out = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
         self.norm_ffn = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
@@ -37,7 +40,7 @@ class RegisterPool(nn.Module):
         B, S, D = hidden.shape
         H = self.num_heads
         q = self.norm_q(self.to_q(register)).expand(B, 1, D)                  # (B, 1, D)
-        kv = self.norm_kv(hidden.float()).to(hidden.dtype)
+        kv = self.norm_kv(hidden)  # in fp32, back in hidden's dtype
         k, v = self.norm_k(self.to_k(kv)), self.to_v(kv)                       # (B, S, D)
         q, k, v = (t.unflatten(-1, (H, D // H)).transpose(1, 2) for t in (q, k, v))  # (B, H, S, D/H)
         pooled = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)   # (B, 1, D)
