@@ -35,7 +35,7 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from oneforcing.engines.fsdp2 import remove_path
+from oneforcing.engines.fsdp2 import remove_path, swap_in, write_failure
 
 ENGINE_TAG = "state"  # each engine saves into its own folder under this tag (no shared `latest` file)
 TRAINER_FILE = "trainer.pt"
@@ -235,7 +235,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         """Every engine into ``<path>.partial/<role>``, rank 0 the rest into ``trainer.pt``, then the swap."""
         path = Path(self.broadcast(str(filepath)))
-        partial, previous = path.with_name(path.name + ".partial"), path.with_name(path.name + ".previous")
+        partial = path.with_name(path.name + ".partial")
         if self.global_rank == 0 and partial.exists():
             remove_path(partial)  # the leftover of a killed save
         self.barrier("oneforcing_checkpoint_clean")
@@ -252,16 +252,9 @@ class DeepSpeedStrategy(DDPStrategy):
         if failures:
             if self.global_rank == 0:
                 remove_path(partial)
-            kept = (f"the previous checkpoint {path} is intact" if path.exists()
-                    else f"the other checkpoints in {path.parent} are untouched")
-            raise OSError(f"Writing the checkpoint {path} failed ({'; '.join(failures)}); {kept}. Free space or point "
-                          "the checkpoint dirpath elsewhere, then resume from the last checkpoint.") from failure
+            raise OSError(write_failure(path, "; ".join(failures))) from failure
         if self.global_rank == 0:
-            if path.exists():
-                remove_path(previous)
-                path.rename(previous)
-            partial.rename(path)
-            remove_path(previous)
+            swap_in(partial, path)
         self.barrier("oneforcing_checkpoint_swapped")
 
     def _gather_failures(self, failure: BaseException | None) -> list[str]:

@@ -108,7 +108,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         """Write into ``<path>.partial`` and swap it in only when every rank has finished: a save killed midway
         leaves the previous checkpoint at ``path`` (or, killed during the swap, at ``<path>.previous``)."""
         path = Path(self.broadcast(str(filepath)))
-        partial, previous = path.with_name(path.name + ".partial"), path.with_name(path.name + ".previous")
+        partial = path.with_name(path.name + ".partial")
         if self.global_rank == 0 and partial.exists():
             remove_path(partial)  # the leftover of a killed save
         self.barrier("oneforcing_checkpoint_clean")
@@ -118,17 +118,10 @@ class FSDP2Strategy(ModelParallelStrategy):
             self.barrier("oneforcing_checkpoint_failed")  # every rank is done with the partial folder
             if self.global_rank == 0:
                 remove_path(partial)
-            kept = (f"the previous checkpoint {path} is intact" if path.exists()
-                    else f"the other checkpoints in {path.parent} are untouched")
-            raise OSError(f"Writing the checkpoint {path} failed ({_describe(error)}); {kept}. Free space or point "
-                          "the checkpoint dirpath elsewhere, then resume from the last checkpoint.") from error
+            raise OSError(write_failure(path, _describe(error))) from error
         self.barrier("oneforcing_checkpoint_written")
         if self.global_rank == 0:
-            if path.exists():
-                remove_path(previous)
-                path.rename(previous)
-            partial.rename(path)
-            remove_path(previous)
+            swap_in(partial, path)
         self.barrier("oneforcing_checkpoint_swapped")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
@@ -144,6 +137,25 @@ def _describe(error: BaseException) -> str:
         return "; ".join(f"rank {rank}: {failure[0] if isinstance(failure, tuple) else failure}"
                          for rank, failure in sorted(error.failures.items()))
     return str(error)
+
+
+def swap_in(partial: Path, path: Path) -> None:
+    """Put a fully written ``partial`` checkpoint at ``path``; the old one lives at ``<path>.previous`` only between
+    the two renames (``load_checkpoint`` falls back to it)."""
+    previous = path.with_name(path.name + ".previous")
+    if path.exists():
+        remove_path(previous)
+        path.rename(previous)
+    partial.rename(path)
+    remove_path(previous)
+
+
+def write_failure(path: Path, cause: str) -> str:
+    """The message of a failed checkpoint write: what failed, what is kept, what to do."""
+    kept = (f"the previous checkpoint {path} is intact" if path.exists()
+            else f"the other checkpoints in {path.parent} are untouched")
+    return (f"Writing the checkpoint {path} failed ({cause}); {kept}. Free space or point the checkpoint dirpath "
+            "elsewhere, then resume from the last checkpoint.")
 
 
 def remove_path(path: Path) -> None:
