@@ -9,7 +9,12 @@ gradients and optimizer state (local shards under FSDP2, partitions under ZeRO-3
 partitions count as optimizer state; its gradient buffers are not counted), and the peak RSS.
 
     oneforcing data toy --out data/toy --num-videos 20000 --seed 0   # once
-    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2 zero2 zero3 ddp_checkpointed]
+    python benchmarks/engines.py [--iterations 12] [--warmup 2] [--engines ddp fsdp2 zero2 zero3 zero3_p0 ddp_checkpointed]
+
+``zero3`` keeps DeepSpeed's default ``stage3_param_persistence_threshold`` (1e5 elements): every toy parameter is
+smaller and stays whole on every rank beside its partition, so at this scale ZeRO-3 holds *more* than ZeRO-2.
+``zero3_p0`` sets the threshold to 0 and partitions every parameter, as ZeRO-3 does a 1.3B Wan's weight matrices
+(2.4 M elements each): that row is the one to read for scale.
 
 ``ddp_checkpointed`` is DDP with the generator's and the critic's Wan blocks recomputed in backward
 (``activation_checkpointing``): its time and peak memory against ``ddp`` are the cost and the saving.
@@ -29,10 +34,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "toy" / "one_forcing_framewise_1step.yaml"
+# zero3_p0: ZeRO-3 partitioning every parameter, as it does a 1.3B Wan's 2.4M-element weight matrices. DeepSpeed's
+# default keeps parameters of at most 1e5 elements whole on every rank (stage3_param_persistence_threshold), and
+# every toy parameter is below it (the largest: 128 × 512 = 65 536)
+ZERO3_P0 = {"class_path": "oneforcing.engines.deepspeed.DeepSpeedStrategy",
+            "init_args": {"stage": 3, "config": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}}
 ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16", "zero2": "zero2",
-           "zero3": "zero3", "ddp_checkpointed": "ddp_find_unused_parameters_true"}
+           "zero3": "zero3", "zero3_p0": ZERO3_P0, "ddp_checkpointed": "ddp_find_unused_parameters_true"}
 PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed", "zero2": "32-true", "zero3": "32-true",
-             "ddp_checkpointed": "32-true"}
+             "zero3_p0": "32-true", "ddp_checkpointed": "32-true"}
 MODEL = {"ddp_checkpointed": {"activation_checkpointing": ["generator", "critic"]}}  # model settings of a variant
 
 PROBE = '''
@@ -43,12 +53,17 @@ from torch.distributed.tensor import DTensor
 
 
 def local_bytes(tensors):
-    """Bytes this rank holds: an FSDP2 shard, a ZeRO-3 partition (``ds_tensor``), else the whole tensor."""
+    """Bytes this rank holds: an FSDP2 shard; a ZeRO-3 partition (``ds_tensor``) and, for a parameter ZeRO-3
+    keeps whole on every rank (``ds_persist``: at most ``stage3_param_persistence_threshold`` elements), its whole
+    data too; else the whole tensor."""
     total = 0
     for t in tensors:
         if t is None:
             continue
-        t = t.to_local() if isinstance(t, DTensor) else (t.ds_tensor if hasattr(t, "ds_id") else t)
+        if hasattr(t, "ds_id"):
+            total += t.ds_tensor.numel() * t.ds_tensor.element_size() + t.data.numel() * t.data.element_size()
+            continue
+        t = t.to_local() if isinstance(t, DTensor) else t
         total += t.numel() * t.element_size()
     return total
 
@@ -89,7 +104,7 @@ class EngineProbe(L.Callback):
 '''
 
 
-def config_for(strategy: str, precision: str, iterations: int, warmup: int, data: str, out: Path,
+def config_for(strategy: str | dict, precision: str, iterations: int, warmup: int, data: str, out: Path,
                model: dict | None = None) -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["model"]["init_args"].update(model or {})
@@ -124,7 +139,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default="data/toy")
-    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3", "ddp_checkpointed"], choices=list(ENGINES),
+    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp2", "zero2", "zero3", "zero3_p0", "ddp_checkpointed"], choices=list(ENGINES),
                         help="engines to run, side by side (fsdp2_bf16 too: bf16 on the CPU)")
     args = parser.parse_args()
     if not (REPO / args.data / "train" / "index.json").is_file():

@@ -1,0 +1,290 @@
+"""The toy study (issue #22): every method from one ODE init, the exact teacher as the real score, over seeds.
+
+From a toy data root and the neural teacher (the critic's starting point), in ``--out``:
+  1. ``ode/``: ODE trajectories of the exact teacher (``oneforcing data trajectories --teacher exact``, 48 Euler
+     steps at shift 5, snapshots at the 4 warped steps);
+  2. ``runs/ode_init``: one ODE init, the framewise causal student regressed onto them from the neural teacher's
+     weights (``configs/toy/ode_init_framewise.yaml``); every student starts from its export;
+  3. ``runs/<method>_seed<s>``: each method (``METHODS``) for each seed, ``--iterations`` iterations at batch
+     ``--batch-size``, the exact teacher as the real score (DMD) / ODE teacher (consistency), the critic from the
+     neural teacher; the ``ToyEvaluation`` callback logs ``eval/*`` every ``--eval-every`` iterations, when a
+     checkpoint is written too;
+  4. ``eval/<run>``: ``oneforcing evaluate`` of every final export and of the ODE init;
+  5. ``report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per method
+     the mean over seeds with a band of ± one sample std) and ``commands.md`` (every stage's exact command).
+
+Every stage is skipped when its output exists and an interrupted training resumes from its ``last.ckpt``, so the
+study runs in parts: run the same command again. Trainings go ``--jobs`` at a time, each on one thread.
+Guidance: the exact teacher's conditional posterior *is* the bank's distribution, so the study samples and
+distils at w = 1 (``--guidance-scale``): the precision and coverage against the bank then measure each method
+against a target it can reach exactly. Each run's config is written to ``configs/<run>.yaml`` and trained with
+``oneforcing fit --config`` it, so a run is reproduced by that one command.
+
+    python scripts/toy_study.py --data data/toy --teacher assets/toy_teacher.safetensors --out runs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ONEFORCING = [sys.executable, "-m", "oneforcing.cli"]  # the console script of this interpreter's environment
+FIRST_BLOCK_4STEP = {"first_block_steps": [1000, 750, 500, 250]}
+# method -> (recipe, model settings over the recipe's)
+METHODS: dict[str, tuple[str, dict]] = {
+    "sf_dmd_4step": ("configs/toy/self_forcing_dmd_4step.yaml", {}),
+    "sf_dmd_1step": ("configs/toy/self_forcing_dmd_1step.yaml", {}),
+    "of_framewise_1step": ("configs/toy/one_forcing_framewise_1step.yaml", {}),
+    "of_framewise_1step_ffe": ("configs/toy/one_forcing_framewise_first4then1.yaml", {}),
+    "of_chunkwise_1step": ("configs/toy/one_forcing_chunkwise.yaml", {}),
+    "of_chunkwise_1step_ffe": ("configs/toy/one_forcing_chunkwise.yaml", {"first_block_size": 3, **FIRST_BLOCK_4STEP}),
+    "consistency_1step": ("configs/toy/consistency_1step.yaml", {}),
+}
+CURVES = ("bank_precision", "bank_coverage", "sharpness_ratio", "dynamics_ratio", "attr_colour", "attr_direction",
+          "attr_shape", "fd")
+
+
+class Study:
+    """The study's folders, its settings and the log of every command it ran."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.out = args, Path(args.out)
+        self.commands: list[str] = []
+
+    def exact_teacher(self) -> dict:
+        return {"class_path": "oneforcing.data.exact_bank.ExactToyTeacher",
+                "init_args": {"bank_size_per_caption": self.args.bank_size}}
+
+    def run(self, cmd: list[str], log: Path) -> None:
+        """One subprocess on one thread, its output in ``log``; a failure stops the study with the log's tail."""
+        self.commands.append(shlex.join(["oneforcing", *cmd[3:]]))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(log, "a") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        if code != 0:
+            raise RuntimeError(f"{shlex.join(cmd[3:7])} ... failed (exit {code}); see {log}:\n{log.read_text()[-3000:]}")
+        print(f"  done in {time.time() - start:5.0f} s: {log.stem}", flush=True)
+
+    # --- stage 1: trajectories --------------------------------------------------------------------------
+    def trajectories(self) -> Path:
+        a, root = self.args, self.out / "ode"
+        for split, count in (("train", a.trajectories), ("val", 8)):
+            if not (root / split / "index.json").is_file():
+                self.run([*ONEFORCING, "data", "trajectories", "--teacher", "exact", "--bank-size", str(a.bank_size),
+                          "--source", f"{a.data}/{split}", "--out", str(root / split), "--num-videos", str(count),
+                          "--steps", "48", "--shift", "5", "--guidance-scale", str(a.guidance_scale)],
+                         self.out / "logs" / f"trajectories_{split}.log")
+        return root
+
+    # --- stages 2 and 3: trainings ----------------------------------------------------------------------
+    def config(self, name: str, recipe: str, seed: int, iterations: int, data: dict, model: dict,
+               evaluate: bool) -> Path:
+        """The run's whole config: the recipe with the study's settings over it."""
+        cfg = yaml.safe_load(Path(recipe).read_text())
+        every = self.args.eval_every
+        cfg["seed_everything"] = seed
+        trainer = cfg["trainer"]
+        trainer.update(max_steps=iterations, val_check_interval=every, enable_progress_bar=False)
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                             "init_args": {"save_dir": str(self.out / "runs"), "name": name, "version": 0}}
+        callbacks = [{"class_path": "oneforcing.callbacks.export.ExportWeights"},
+                     {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                      "init_args": {"save_last": True, "every_n_train_steps": every}}]
+        if evaluate:
+            callbacks.append({"class_path": "oneforcing.callbacks.evaluation.ToyEvaluation",
+                              "init_args": {"every_n_steps": every, "num_videos": self.args.eval_videos,
+                                            "seed": seed, "bank_size": self.args.bank_size}})
+        trainer["callbacks"] = callbacks
+        init = cfg["model"]["init_args"]
+        init.update(seed=seed, **model)
+        for objective in init["objectives"]:
+            if "guidance_scale" in objective.get("init_args", {}):
+                objective["init_args"]["guidance_scale"] = self.args.guidance_scale
+        cfg["data"]["init_args"].update(num_workers=0, **data)
+        path = self.out / "configs" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    def fit(self, name: str, config: Path) -> Path:
+        """Train one run (resuming its last checkpoint) and return its exported weights."""
+        run_dir = self.out / "runs" / name / "version_0"
+        weights = run_dir / "weights.safetensors"
+        if weights.is_file():
+            return weights  # trained
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resume = ["--ckpt_path", str(last)] if last.is_file() else []
+        self.run([*ONEFORCING, "fit", "--config", str(config), *resume], self.out / "logs" / f"{name}.log")
+        return weights
+
+    def ode_init(self, trajectories: Path) -> Path:
+        a = self.args
+        config = self.config("ode_init", "configs/toy/ode_init_framewise.yaml", 0, a.ode_iterations,
+                             {"root": str(trajectories), "batch_size": 8}, {"generator_weights": a.teacher},
+                             evaluate=False)
+        return self.fit("ode_init", config)
+
+    def student(self, method: str, seed: int, ode: Path) -> tuple[str, Path]:
+        a = self.args
+        recipe, settings = METHODS[method]
+        model = {"teacher_weights": None, "teacher": self.exact_teacher(), "critic_weights": a.teacher,
+                 "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
+        name = f"{method}_seed{seed}"
+        config = self.config(name, recipe, seed, a.iterations, {"root": a.data, "batch_size": a.batch_size}, model,
+                             evaluate=True)
+        return name, self.fit(name, config)
+
+    # --- stages 4 and 5: evaluation and report ----------------------------------------------------------
+    def evaluate(self, label: str, seed: int, weights: Path) -> Path:
+        target = self.out / "eval" / f"{label}_seed{seed}"
+        if not (target / "metrics.json").is_file():
+            self.run([*ONEFORCING, "evaluate", "--checkpoint", str(weights), "--label", label, "--seed", str(seed),
+                      "--num-videos", str(self.args.final_videos), "--bank-size", str(self.args.bank_size),
+                      "--out", str(target)], self.out / "logs" / f"eval_{label}_seed{seed}.log")
+        return target
+
+    def report(self, targets: list[Path]) -> None:
+        report = self.out / "report"
+        self.run([*ONEFORCING, "compare", *map(str, targets), "--out", str(report)], self.out / "logs" / "compare.log")
+        curves = learning_curves(self.out / "runs", list(METHODS), self.args.seeds)
+        (report / "curves.json").write_text(json.dumps(curves, indent=1))
+        plot_curves(curves, report / "curves.png")
+        lines = ["# Commands of this study", "", f"`{shlex.join(['python', *sys.argv])}` ran, in order:", ""]
+        lines += [f"    {c}" for c in self.commands]
+        lines += ["", "Each training is `oneforcing fit --config <out>/configs/<run>.yaml`; its config is the recipe "
+                  "with the study's settings over it."]
+        (report / "commands.md").write_text("\n".join(lines) + "\n")
+        print(f"Report: {report / 'report.md'}, {report / 'curves.png'}")
+
+
+def learning_curves(runs: Path, methods: list[str], seeds: list[int]) -> dict:
+    """{method: {metric: {"steps": [...], "values": [[per seed] per step]}}} from the runs' eval/* scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict = {}
+    for method in methods:
+        per_seed = []
+        for seed in seeds:
+            folder = runs / f"{method}_seed{seed}" / "version_0"
+            if not folder.is_dir():
+                continue
+            events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+            events.Reload()
+            tags = set(events.Tags()["scalars"])
+            per_seed.append({m: {s.step: s.value for s in events.Scalars(f"eval/{m}")}
+                             for m in CURVES if f"eval/{m}" in tags})
+        if not per_seed:
+            continue
+        curves[method] = {}
+        for metric in CURVES:
+            steps = sorted(set.intersection(*(set(run.get(metric, {})) for run in per_seed)))
+            if steps:
+                curves[method][metric] = {"steps": steps,
+                                          "values": [[run[metric][step] for run in per_seed] for step in steps]}
+    return curves
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    """One panel per metric: per method the mean over seeds against iterations, a ± one-std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in CURVES if any(m in c for c in curves.values())]
+    cols = 4
+    rows = max(1, math.ceil(len(metrics) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for method, c in curves.items():
+            if metric not in c:
+                continue
+            steps = c[metric]["steps"]
+            stats = [mean_std(v) for v in c[metric]["values"]]
+            mean = [m for m, _ in stats]
+            ax.plot(steps, mean, label=method)
+            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        ax.set_title(metric)
+        ax.set_xlabel("iteration")
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/toy", help="toy data root (train/ and val/ splits)")
+    p.add_argument("--teacher", default="assets/toy_teacher.safetensors",
+                   help="the neural teacher: the ODE init's and the critics' starting weights")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=1000, help="iterations of each student")
+    p.add_argument("--batch-size", type=int, default=4, help="students' batch size")
+    p.add_argument("--lr", type=float, default=1e-4, help="students' generator and critic learning rate")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="w of the exact teacher's CFG in the trajectories, DMD and consistency (1: the bank's own "
+                        "distribution)")
+    p.add_argument("--bank-size", type=int, default=16, help="exact teacher's (and bank metrics') videos per caption")
+    p.add_argument("--ode-iterations", type=int, default=600)
+    p.add_argument("--trajectories", type=int, default=1024)
+    p.add_argument("--eval-every", type=int, default=100, help="iterations between eval/* logs and checkpoints")
+    p.add_argument("--eval-videos", type=int, default=16, help="videos of each in-training evaluation")
+    p.add_argument("--final-videos", type=int, default=64, help="videos of each final `oneforcing evaluate`")
+    p.add_argument("--jobs", type=int, default=2)
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    for split in ("train", "val"):
+        if not (Path(args.data) / split / "index.json").is_file():
+            sys.exit(f"{args.data}/{split} holds no toy shards; write them with "
+                     f"`oneforcing data toy --out {args.data} --num-videos 20000 --seed 0`.")
+    if not Path(args.teacher).is_file():
+        sys.exit(f"--teacher {args.teacher} does not exist; train one with `oneforcing fit --config "
+                 "configs/toy/teacher.yaml` or use assets/toy_teacher.safetensors.")
+    if args.iterations % args.eval_every or args.ode_iterations % args.eval_every:
+        sys.exit(f"--iterations {args.iterations} and --ode-iterations {args.ode_iterations} must be multiples of "
+                 f"--eval-every {args.eval_every} (a resumed run restarts from the last checkpoint).")
+    study = Study(args)
+    print("== exact-teacher ODE trajectories", flush=True)
+    trajectories = study.trajectories()
+    print("== ODE init", flush=True)
+    ode = study.ode_init(trajectories)
+    print("== students", flush=True)
+    jobs = [(m, s) for s in args.seeds for m in args.methods]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        trained = list(pool.map(lambda job: study.student(job[0], job[1], ode), jobs))
+        print("== evaluation", flush=True)
+        items = [("ode_init", 0, ode)] + [(m, s, w) for (m, s), (_, w) in zip(jobs, trained)]
+        targets = list(pool.map(lambda item: study.evaluate(*item), items))
+    print("== report", flush=True)
+    study.report(targets)
+
+
+if __name__ == "__main__":
+    main()

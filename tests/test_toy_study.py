@@ -1,0 +1,120 @@
+"""The toy study's script (scripts/toy_study.py): the configs it trains, the curves it reads, its statistics."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_study():
+    spec = importlib.util.spec_from_file_location("toy_study", REPO / "scripts" / "toy_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["toy_study"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def study_args(toy_study, tmp_path: Path, *extra: str) -> argparse.Namespace:
+    return toy_study.build_parser().parse_args(["--out", str(tmp_path / "study"), "--teacher", "neural.safetensors",
+                                                *extra])
+
+
+@pytest.mark.parametrize("method", ["of_chunkwise_1step_ffe", "consistency_1step", "sf_dmd_4step"])
+def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_path, monkeypatch, method):
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path, "--guidance-scale", "1.5", "--iterations", "300"))
+    trained = []
+    monkeypatch.setattr(study, "fit", lambda name, config: trained.append((name, config)) or Path("w"))
+    study.student(method, 2, Path("ode.safetensors"))
+    name, path = trained[0]
+    assert name == f"{method}_seed2"
+    cfg = yaml.safe_load(path.read_text())
+    recipe = yaml.safe_load((REPO / toy_study.METHODS[method][0]).read_text())
+    init = cfg["model"]["init_args"]
+    assert init["teacher_weights"] is None
+    assert init["teacher"]["class_path"] == "oneforcing.data.exact_bank.ExactToyTeacher"
+    assert init["teacher"]["init_args"] == {"bank_size_per_caption": 16}
+    assert (init["critic_weights"], init["generator_weights"]) == ("neural.safetensors", "ode.safetensors")
+    assert (init["seed"], cfg["seed_everything"]) == (2, 2)
+    assert init["generator_lr"] == init["critic_lr"] == 1e-4
+    guided = [o["init_args"]["guidance_scale"] for o in init["objectives"] if "guidance_scale" in o.get("init_args", {})]
+    assert guided and set(guided) == {1.5}  # every guided objective, none left at the recipe's w
+    assert [o["class_path"] for o in init["objectives"]] == [o["class_path"] for o in recipe["model"]["init_args"]["objectives"]]
+    for key, value in toy_study.METHODS[method][1].items():
+        assert init[key] == value
+    assert cfg["trainer"]["max_steps"] == 300 and cfg["trainer"]["plugins"] == recipe["trainer"]["plugins"]
+    assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "study" / "runs"), "name": name,
+                                                     "version": 0}
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in cfg["trainer"]["callbacks"]}
+    assert callbacks["ToyEvaluation"] == {"every_n_steps": 100, "num_videos": 16, "seed": 2, "bank_size": 16}
+    assert callbacks["ModelCheckpoint"] == {"save_last": True, "every_n_train_steps": 100}
+    assert "ExportWeights" in callbacks and "SampleVideoLogger" not in callbacks
+    assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == "data/toy"
+
+
+def test_fit_resumes_from_the_last_checkpoint_and_skips_a_trained_run(toy_study, tmp_path, monkeypatch):
+    study = toy_study.Study(study_args(toy_study, tmp_path))
+    ran = []
+    monkeypatch.setattr(study, "run", lambda cmd, log: ran.append(cmd))
+    run_dir = tmp_path / "study" / "runs" / "x" / "version_0"
+    study.fit("x", Path("x.yaml"))
+    assert "--ckpt_path" not in ran[-1]
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    study.fit("x", Path("x.yaml"))
+    assert ran[-1][-2:] == ["--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+    (run_dir / "weights.safetensors").write_bytes(b"")
+    assert study.fit("x", Path("x.yaml")) == run_dir / "weights.safetensors" and len(ran) == 2
+
+
+def test_learning_curves_pair_the_seeds_step_by_step(toy_study, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    values = {0: {100: 0.5, 200: 0.3}, 1: {100: 0.7, 200: 0.1, 300: 0.0}}  # seed 1 ran further
+    for seed, by_step in values.items():
+        writer = SummaryWriter(tmp_path / f"sf_dmd_1step_seed{seed}" / "version_0")
+        for step, value in by_step.items():
+            writer.add_scalar("eval/bank_precision", value, step)
+        writer.close()
+    curves = toy_study.learning_curves(tmp_path, ["sf_dmd_1step", "consistency_1step"], [0, 1])
+    assert list(curves) == ["sf_dmd_1step"]  # a method without runs is left out
+    c = curves["sf_dmd_1step"]["bank_precision"]
+    assert c["steps"] == [100, 200]
+    assert [pytest.approx(v) for v in [[0.5, 0.7], [0.3, 0.1]]] == c["values"]
+    toy_study.plot_curves(curves, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_mean_std_is_the_sample_std(toy_study):
+    values = [0.2, 0.5, 0.9]
+    assert toy_study.mean_std(values) == pytest.approx((statistics.mean(values), statistics.stdev(values)))
+    assert toy_study.mean_std([0.4]) == (0.4, 0.0)
+
+
+def test_every_written_config_parses_under_the_cli(toy_study, tmp_path, monkeypatch, capsys):
+    """jsonargparse checks each class_path's init_args against its signature (the exact teacher's included)."""
+    from oneforcing.cli import main
+
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path))
+    paths = []
+    monkeypatch.setattr(study, "fit", lambda name, config: paths.append(config) or Path("w"))
+    for method in toy_study.METHODS:
+        study.student(method, 0, Path("ode.safetensors"))
+    study.ode_init(Path("ode"))
+    for path in paths:
+        argv = ["fit", "--config", str(path), "--print_config"]
+        monkeypatch.setattr(sys, "argv", ["oneforcing", *argv])  # the process's own arguments, as from a shell
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code in (0, None), path
+        assert "ExactToyTeacher" in capsys.readouterr().out or path.stem == "ode_init"
