@@ -105,17 +105,17 @@ class EngineProbe(L.Callback):
 
 
 def config_for(strategy: str | dict, precision: str, iterations: int, warmup: int, data: str, out: Path,
-               model: dict | None = None) -> Path:
+               model: dict | None = None, probe: str = "engine_probe.EngineProbe") -> Path:
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["model"]["init_args"].update(model or {})
     trainer = recipe["trainer"]
     trainer.update(accelerator="cpu", devices=2, strategy=strategy, precision=precision, max_steps=iterations,
                    limit_val_batches=0,
-                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False)
-    trainer["callbacks"] = [{"class_path": "engine_probe.EngineProbe", "init_args": {"out": str(out),
-                                                                                   "warmup": warmup}}]
+                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False,
+                   default_root_dir=str(out))  # where LightningCLI saves the resolved config.yaml (not the repo)
+    trainer["callbacks"] = [{"class_path": probe, "init_args": {"out": str(out), "warmup": warmup}}]
     recipe["data"]["init_args"].update(root=data, num_workers=0)
-    path = out / "config.yaml"
+    path = out / "recipe.yaml"  # LightningCLI writes its resolved config.yaml beside it
     path.write_text(yaml.safe_dump(recipe))
     return path
 

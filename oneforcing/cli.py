@@ -39,12 +39,14 @@ def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
     from oneforcing.commands.data import data_command
     from oneforcing.commands.evaluate import evaluate_command
     from oneforcing.commands.export import export_command
+    from oneforcing.commands.plan import plan_command
     from oneforcing.commands.sample import sample_command
     from oneforcing.commands.tiny_wan import tiny_wan_command
     from oneforcing.commands.vbench import vbench_command
 
     return {"data": data_command, "sample": sample_command, "evaluate": evaluate_command, "compare": compare_command,
-            "vbench": vbench_command, "tiny-wan": tiny_wan_command, "export": export_command}
+            "vbench": vbench_command, "tiny-wan": tiny_wan_command, "export": export_command,
+            "plan": plan_command}
 
 
 OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
@@ -59,6 +61,7 @@ commands:
   compare                           evaluations of several methods/seeds -> table, plots, GIF grid
   vbench                            a prompt file -> {prompt}-{index}.mp4 videos for VBench
   export                            a checkpoint (.ckpt or fsdp2 folder) -> whole weights in one safetensors file
+  plan                              memory per device of a training config under ddp / fsdp2 / zero2 / zero3 (meta device)
   tiny-wan                          a tiny random Wan2.1 diffusers folder (+ a released-format .pt) to try the real path
 """
 

@@ -1,26 +1,29 @@
 """The toy study (issue #22): every method from one ODE init, the exact teacher as the real score, over seeds.
 
-From a toy data root and the neural teacher (the critic's starting point), in ``--out``:
-  1. ``ode/``: ODE trajectories of the exact teacher (``oneforcing data trajectories --teacher exact``, 48 Euler
+From a toy data root and the neural teacher (the critic's starting point), in ``--out`` (working files: shards,
+checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
+  1. ``OUT/ode``: ODE trajectories of the exact teacher (``oneforcing data trajectories --teacher exact``, 48 Euler
      steps at shift 5, snapshots at the 4 warped steps);
-  2. ``runs/ode_init``: one ODE init, the framewise causal student regressed onto them from the neural teacher's
-     weights (``configs/toy/ode_init_framewise.yaml``); every student starts from its export;
-  3. ``runs/<method>_seed<s>``: each method (``METHODS``) for each seed, ``--iterations`` iterations at batch
-     ``--batch-size``, the exact teacher as the real score (DMD) / ODE teacher (consistency), the critic from the
-     neural teacher; the ``ToyEvaluation`` callback logs ``eval/*`` every ``--eval-every`` iterations, when a
-     checkpoint is written too;
-  4. ``eval/<run>``: ``oneforcing evaluate`` of every final export and of the ODE init;
-  5. ``report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per method
-     the mean over seeds with a band of ± one sample std) and ``commands.md`` (every stage's exact command).
+  2. ``RESULTS/ode_init/weights.safetensors``: one ODE init, the framewise causal student regressed onto them from
+     the neural teacher's weights (``configs/toy/ode_init_framewise.yaml``); every student starts from it;
+  3. each method (``METHODS``) for each seed, ``--iterations`` iterations at batch ``--batch-size``, the exact
+     teacher as the real score (DMD) / ODE teacher (consistency), the critic from the neural teacher; the
+     ``ToyEvaluation`` callback logs ``eval/*`` every ``--eval-every`` iterations, when a checkpoint is written
+     too; then ``oneforcing evaluate`` of its export. Kept in ``RESULTS/<method>_seed<s>/``: the evaluation
+     (``metrics.json``, ``metrics.md``, samples), the TensorBoard events (``events/``: the learning curves), the
+     run's ``config.yaml`` and ``command.txt``, and for seed 0 the float16 weights (the demo's students);
+  4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
+     method the mean over seeds with a band of ± one sample std) and ``commands.md`` (every command run).
 
-Every stage is skipped when its output exists and an interrupted training resumes from its ``last.ckpt``, so the
-study runs in parts: run the same command again. Trainings go ``--jobs`` at a time, each on one thread.
-Guidance: the exact teacher's conditional posterior *is* the bank's distribution, so the study samples and
+A run whose ``RESULTS/<run>/metrics.json`` exists is done; an interrupted training resumes from its
+``OUT/runs/<run>/version_0/checkpoints/last.ckpt``. So the study runs in parts (run the same command again), and a
+part whose working files are lost loses only its runs in flight. Trainings go ``--jobs`` at a time, each on one
+thread. Guidance: the exact teacher's conditional posterior *is* the bank's distribution, so the study samples and
 distils at w = 1 (``--guidance-scale``): the precision and coverage against the bank then measure each method
-against a target it can reach exactly. Each run's config is written to ``configs/<run>.yaml`` and trained with
-``oneforcing fit --config`` it, so a run is reproduced by that one command.
+against a target it can reach exactly. Each run is reproduced by ``oneforcing fit --config
+RESULTS/<run>/config.yaml`` (with its ``--out`` paths).
 
-    python scripts/toy_study.py --data data/toy --teacher assets/toy_teacher.safetensors --out runs/study
+    python scripts/toy_study.py --data data/toy --teacher assets/toy_teacher.safetensors --out runs/study --results docs/study
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -58,7 +62,7 @@ class Study:
     """The study's folders, its settings and the log of every command it ran."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.out = args, Path(args.out)
+        self.args, self.out, self.results = args, Path(args.out), Path(args.results)
         self.commands: list[str] = []
 
     def exact_teacher(self) -> dict:
@@ -99,7 +103,7 @@ class Study:
         trainer.update(max_steps=iterations, val_check_interval=every, enable_progress_bar=False)
         trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                              "init_args": {"save_dir": str(self.out / "runs"), "name": name, "version": 0}}
-        callbacks = [{"class_path": "oneforcing.callbacks.export.ExportWeights"},
+        callbacks = [{"class_path": "oneforcing.callbacks.export.ExportWeights", "init_args": {"dtype": "float16"}},
                      {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"save_last": True, "every_n_train_steps": every}}]
         if evaluate:
@@ -129,55 +133,85 @@ class Study:
         self.run([*ONEFORCING, "fit", "--config", str(config), *resume], self.out / "logs" / f"{name}.log")
         return weights
 
-    def ode_init(self, trajectories: Path) -> Path:
-        a = self.args
+    def ode_init(self) -> Path:
+        """The kept ODE init (trained from the exact teacher's trajectories unless it is already kept)."""
+        a, kept = self.args, self.results / "ode_init" / "weights.safetensors"
+        if kept.is_file():
+            return kept
+        print("== exact-teacher ODE trajectories", flush=True)
+        trajectories = self.trajectories()
+        print("== ODE init", flush=True)
         config = self.config("ode_init", "configs/toy/ode_init_framewise.yaml", 0, a.ode_iterations,
                              {"root": str(trajectories), "batch_size": 8}, {"generator_weights": a.teacher},
                              evaluate=False)
-        return self.fit("ode_init", config)
+        self.keep("ode_init", config, self.fit("ode_init", config), with_weights=True)
+        return kept
 
-    def student(self, method: str, seed: int, ode: Path) -> tuple[str, Path]:
+    def config_of(self, method: str, seed: int, ode: Path) -> Path:
+        """The student's config: its recipe, the exact teacher, the critic from the neural teacher, G from ``ode``."""
         a = self.args
         recipe, settings = METHODS[method]
         model = {"teacher_weights": None, "teacher": self.exact_teacher(), "critic_weights": a.teacher,
                  "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
+        return self.config(f"{method}_seed{seed}", recipe, seed, a.iterations,
+                           {"root": a.data, "batch_size": a.batch_size}, model, evaluate=True)
+
+    def student(self, method: str, seed: int, ode: Path) -> Path:
+        """Train and evaluate one run unless it is kept; returns its kept folder (its evaluation)."""
         name = f"{method}_seed{seed}"
-        config = self.config(name, recipe, seed, a.iterations, {"root": a.data, "batch_size": a.batch_size}, model,
-                             evaluate=True)
-        return name, self.fit(name, config)
+        kept = self.results / name
+        if (kept / "metrics.json").is_file():
+            return kept
+        config = self.config_of(method, seed, ode)
+        weights = self.fit(name, config)
+        self.keep(name, config, weights, with_weights=seed == 0)
+        self.evaluate(method, seed, weights, kept)  # last: its metrics.json marks the run as done
+        return kept
+
+    def keep(self, name: str, config: Path, weights: Path, with_weights: bool) -> None:
+        """Copy what outlives the working files into RESULTS/<name>: config, command, events and the weights."""
+        kept = self.results / name
+        (kept / "events").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(config, kept / "config.yaml")
+        (kept / "command.txt").write_text(f"oneforcing fit --config {kept / 'config.yaml'}\n")
+        for events in weights.parent.glob("events.out.tfevents.*"):
+            shutil.copy2(events, kept / "events" / events.name)
+        if with_weights:
+            shutil.copy2(weights, kept / "weights.safetensors")
 
     # --- stages 4 and 5: evaluation and report ----------------------------------------------------------
-    def evaluate(self, label: str, seed: int, weights: Path) -> Path:
-        target = self.out / "eval" / f"{label}_seed{seed}"
-        if not (target / "metrics.json").is_file():
-            self.run([*ONEFORCING, "evaluate", "--checkpoint", str(weights), "--label", label, "--seed", str(seed),
-                      "--num-videos", str(self.args.final_videos), "--bank-size", str(self.args.bank_size),
-                      "--out", str(target)], self.out / "logs" / f"eval_{label}_seed{seed}.log")
-        return target
+    def evaluate(self, label: str, seed: int, weights: Path, target: Path) -> None:
+        """``oneforcing evaluate`` of ``weights`` into ``target`` (its command appended to command.txt)."""
+        cmd = [*ONEFORCING, "evaluate", "--checkpoint", str(weights), "--label", label, "--seed", str(seed),
+               "--num-videos", str(self.args.final_videos), "--bank-size", str(self.args.bank_size), "--out", str(target)]
+        self.run(cmd, self.out / "logs" / f"eval_{label}_seed{seed}.log")
+        with open(target / "command.txt", "a") as f:
+            f.write(shlex.join(["oneforcing", *cmd[3:]]) + "\n")
 
     def report(self, targets: list[Path]) -> None:
-        report = self.out / "report"
+        report = self.results / "report"
         self.run([*ONEFORCING, "compare", *map(str, targets), "--out", str(report)], self.out / "logs" / "compare.log")
-        curves = learning_curves(self.out / "runs", list(METHODS), self.args.seeds)
+        curves = learning_curves(self.results, list(METHODS), self.args.seeds)
         (report / "curves.json").write_text(json.dumps(curves, indent=1))
         plot_curves(curves, report / "curves.png")
         lines = ["# Commands of this study", "", f"`{shlex.join(['python', *sys.argv])}` ran, in order:", ""]
         lines += [f"    {c}" for c in self.commands]
-        lines += ["", "Each training is `oneforcing fit --config <out>/configs/<run>.yaml`; its config is the recipe "
-                  "with the study's settings over it."]
+        lines += ["", "Runs kept from earlier parts of the study list their commands in `<results>/<run>/command.txt`; "
+                  "each training is `oneforcing fit --config <results>/<run>/config.yaml`: the recipe with the study's "
+                  "settings over it."]
         (report / "commands.md").write_text("\n".join(lines) + "\n")
         print(f"Report: {report / 'report.md'}, {report / 'curves.png'}")
 
 
-def learning_curves(runs: Path, methods: list[str], seeds: list[int]) -> dict:
-    """{method: {metric: {"steps": [...], "values": [[per seed] per step]}}} from the runs' eval/* scalars."""
+def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict:
+    """{method: {metric: {"steps": [...], "values": [[per seed] per step]}}} from the kept runs' eval/* scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict = {}
     for method in methods:
         per_seed = []
         for seed in seeds:
-            folder = runs / f"{method}_seed{seed}" / "version_0"
+            folder = results / f"{method}_seed{seed}" / "events"
             if not folder.is_dir():
                 continue
             events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
@@ -239,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/toy", help="toy data root (train/ and val/ splits)")
     p.add_argument("--teacher", default="assets/toy_teacher.safetensors",
                    help="the neural teacher: the ODE init's and the critics' starting weights")
-    p.add_argument("--out", default="runs/study")
+    p.add_argument("--out", default="runs/study", help="working files (trajectories, checkpoints, logs)")
+    p.add_argument("--results", default="docs/study",
+                   help="what is kept: per run its evaluation, events, config and command (seed 0: weights)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=1000, help="iterations of each student")
@@ -271,19 +307,15 @@ def main() -> None:
         sys.exit(f"--iterations {args.iterations} and --ode-iterations {args.ode_iterations} must be multiples of "
                  f"--eval-every {args.eval_every} (a resumed run restarts from the last checkpoint).")
     study = Study(args)
-    print("== exact-teacher ODE trajectories", flush=True)
-    trajectories = study.trajectories()
-    print("== ODE init", flush=True)
-    ode = study.ode_init(trajectories)
+    ode = study.ode_init()
+    if not (study.results / "ode_init" / "metrics.json").is_file():
+        study.evaluate("ode_init", 0, ode, study.results / "ode_init")
     print("== students", flush=True)
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     with ThreadPoolExecutor(args.jobs) as pool:
-        trained = list(pool.map(lambda job: study.student(job[0], job[1], ode), jobs))
-        print("== evaluation", flush=True)
-        items = [("ode_init", 0, ode)] + [(m, s, w) for (m, s), (_, w) in zip(jobs, trained)]
-        targets = list(pool.map(lambda item: study.evaluate(*item), items))
+        targets = list(pool.map(lambda job: study.student(job[0], job[1], ode), jobs))
     print("== report", flush=True)
-    study.report(targets)
+    study.report([study.results / "ode_init", *targets])
 
 
 if __name__ == "__main__":

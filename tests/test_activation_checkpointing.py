@@ -1,5 +1,6 @@
 """Activation checkpointing of the Wan blocks: the same gradients as without it on every path it applies to, the
-causal mask restored for the recompute, and the KV-cached roll-out calls left as they are (one process, tiny)."""
+causal mask restored for the recompute, the KV-cached roll-out calls recomputed over their forward's history
+(one process, tiny)."""
 
 from __future__ import annotations
 
@@ -71,31 +72,96 @@ def test_the_bidirectional_critic_gets_its_gradients():
     assert_same(gradients(plain, loss_of), gradients(checkpointed, loss_of))
 
 
-def test_cached_roll_out_calls_are_not_recomputed():
+class CountingCheckpoint:
+    """torch's checkpoint, counting its calls."""
+
+    def __init__(self, monkeypatch):
+        self.calls, original = 0, torch.utils.checkpoint.checkpoint
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+
+
+def rollout_loss_of(x, sigma, context, keep_gradient=False, window=None):
+    """A roll-out as the objectives run it: each 2-frame block denoised without gradient, its exit step with
+    gradient, then the context pass on the clean block (rewriting its slots) before the next block appends."""
+
+    def loss_of(model):
+        model.window_frames = window
+        cache = model.new_cache(2, 8, 8, 6, keep_gradient=keep_gradient)
+        loss = 0.0
+        for start in (0, 2, 4):
+            block, s = x[:, start:start + 2], sigma[:, start:start + 2]
+            with torch.no_grad():
+                model.forward_cached(block, s, context, cache, start)
+            out = model.forward_cached(block * 0.5, s * 0.5, context, cache, start)  # the exit step, with gradient
+            loss = loss + out.square().mean()
+            with torch.no_grad():
+                model.forward_cached(out.detach(), torch.zeros_like(s), context, cache, start)  # context pass
+        return loss
+
+    return loss_of
+
+
+def test_cached_roll_out_calls_recompute_over_their_forward_history(monkeypatch):
+    """The gradient-carrying roll-out calls are checkpointed per block and recompute over the cache as their forward
+    saw it, although later calls rewrote their own slots and appended after them: the same gradients."""
     plain, checkpointed = pair(CausalWanBackbone, block_size=2)
-    x, sigma, context = inputs()
-    calls = []
-    original = torch.utils.checkpoint.checkpoint
+    x, sigma, context = inputs(frames=6)
+    loss_of = rollout_loss_of(x, sigma, context)
+    reference = gradients(plain, loss_of)
+    counter = CountingCheckpoint(monkeypatch)
+    assert_same(reference, gradients(checkpointed, loss_of))
+    assert counter.calls == 3 * TINY["num_layers"]  # the 3 exit steps, every block; the no-grad calls never
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
 
-    def rollout_loss(model):
-        cache = model.new_cache(2, 8, 8, 4)
-        first = model.forward_cached(x[:, :2], sigma[:, :2], context, cache, 0)
-        second = model.forward_cached(x[:, 2:], sigma[:, 2:], context, cache, 2)
-        return first.square().mean() + second.square().mean()
+def test_a_recompute_that_read_the_rewritten_slots_would_differ():
+    """The check above has teeth: attending over the cache as it is at backward time (the block's own slots
+    rewritten by the context pass) gives other gradients."""
+    from oneforcing.models import causal_attention
 
-    reference = gradients(plain, rollout_loss)
-    torch.utils.checkpoint.checkpoint = counting
+    plain, checkpointed = pair(CausalWanBackbone, block_size=2)
+    x, sigma, context = inputs(frames=6)
+    loss_of = rollout_loss_of(x, sigma, context)
+    reference = gradients(plain, loss_of)
+    original = causal_attention.CausalSelfAttnProcessor.__call__
+
+    def stale(self, attn, hidden_states, *args, **kwargs):
+        if self.control.replay is not None:  # recompute over everything the cache holds now
+            self.control.replay = (self.control.cache.current[1], *self.control.replay[1:])
+        return original(self, attn, hidden_states, *args, **kwargs)
+
+    causal_attention.CausalSelfAttnProcessor.__call__ = stale
     try:
-        assert_same(reference, gradients(checkpointed, rollout_loss))
-        assert calls == []
-        gradients(checkpointed, lambda m: m(x, sigma, context).square().mean())
-        assert len(calls) == TINY["num_layers"]  # the full-sequence pass: every block
+        with pytest.raises(torch.utils.checkpoint.CheckpointError):
+            gradients(checkpointed, loss_of)
     finally:
-        torch.utils.checkpoint.checkpoint = original
+        causal_attention.CausalSelfAttnProcessor.__call__ = original
+    assert reference
+
+
+def test_an_eviction_before_the_recompute_is_an_error():
+    _, checkpointed = pair(CausalWanBackbone, block_size=2)
+    x, sigma, context = inputs(frames=6)
+    with pytest.raises(RuntimeError, match="rolling window evicted frames it attended to; train with a window of at "
+                                           "least the roll-out's frames"):
+        gradients(checkpointed, rollout_loss_of(x, sigma, context, window=4))
+
+
+def test_cache_gradient_calls_are_not_checkpointed(monkeypatch):
+    """With the K/V kept for later blocks' gradient a cached call runs as it is (same gradients, no checkpoint)."""
+    plain, checkpointed = pair(CausalWanBackbone, block_size=2)
+    x, sigma, context = inputs(frames=6)
+    loss_of = rollout_loss_of(x, sigma, context, keep_gradient=True)
+    reference = gradients(plain, loss_of)
+    counter = CountingCheckpoint(monkeypatch)
+    assert_same(reference, gradients(checkpointed, loss_of))
+    assert counter.calls == 0
+    gradients(checkpointed, lambda m: m(x, sigma, context).square().mean())
+    assert counter.calls == TINY["num_layers"]  # the full-sequence pass: every block
 
 
 def test_the_module_checkpoints_the_roles_it_is_told(teacher_file):

@@ -34,6 +34,8 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     study = toy_study.Study(study_args(toy_study, tmp_path, "--guidance-scale", "1.5", "--iterations", "300"))
     trained = []
     monkeypatch.setattr(study, "fit", lambda name, config: trained.append((name, config)) or Path("w"))
+    monkeypatch.setattr(study, "keep", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study, "evaluate", lambda *args: None)
     study.student(method, 2, Path("ode.safetensors"))
     name, path = trained[0]
     assert name == f"{method}_seed2"
@@ -57,7 +59,7 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in cfg["trainer"]["callbacks"]}
     assert callbacks["ToyEvaluation"] == {"every_n_steps": 100, "num_videos": 16, "seed": 2, "bank_size": 16}
     assert callbacks["ModelCheckpoint"] == {"save_last": True, "every_n_train_steps": 100}
-    assert "ExportWeights" in callbacks and "SampleVideoLogger" not in callbacks
+    assert callbacks["ExportWeights"] == {"dtype": "float16"} and "SampleVideoLogger" not in callbacks
     assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == "data/toy"
 
 
@@ -76,12 +78,63 @@ def test_fit_resumes_from_the_last_checkpoint_and_skips_a_trained_run(toy_study,
     assert study.fit("x", Path("x.yaml")) == run_dir / "weights.safetensors" and len(ran) == 2
 
 
+def fake_commands(tmp_path: Path, ran: list):
+    """Stands in for the subprocesses: a fit writes its weights and an events file, an evaluation its metrics."""
+
+    def run(cmd, log):
+        ran.append(cmd[3])
+        if cmd[3] == "fit":
+            name = Path(cmd[cmd.index("--config") + 1]).stem
+            run_dir = tmp_path / "study" / "runs" / name / "version_0"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "weights.safetensors").write_bytes(b"weights of " + name.encode())
+            (run_dir / "events.out.tfevents.1.host").write_bytes(b"events")
+        elif cmd[3] == "evaluate":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text("{}")
+
+    return run
+
+
+def test_a_finished_run_is_kept_and_a_kept_run_is_not_trained_again(toy_study, tmp_path, monkeypatch):
+    """What outlives the working files: config, commands, events, the evaluation, and the weights of seed 0 only."""
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path, "--results", str(tmp_path / "kept")))
+    ran = []
+    monkeypatch.setattr(study, "run", fake_commands(tmp_path, ran))
+    for seed in (0, 1):
+        kept = study.student("sf_dmd_1step", seed, Path("ode.safetensors"))
+        assert kept == tmp_path / "kept" / f"sf_dmd_1step_seed{seed}"
+        assert (kept / "metrics.json").is_file() and (kept / "events" / "events.out.tfevents.1.host").is_file()
+        assert yaml.safe_load((kept / "config.yaml").read_text())["seed_everything"] == seed
+        fit, evaluate = (kept / "command.txt").read_text().splitlines()
+        assert fit == f"oneforcing fit --config {kept / 'config.yaml'}"
+        assert evaluate.startswith("oneforcing evaluate --checkpoint ") and f"--out {kept}" in evaluate
+    assert (tmp_path / "kept" / "sf_dmd_1step_seed0" / "weights.safetensors").read_bytes() == b"weights of sf_dmd_1step_seed0"
+    assert not (tmp_path / "kept" / "sf_dmd_1step_seed1" / "weights.safetensors").exists()
+    assert ran == ["fit", "evaluate"] * 2
+    study.student("sf_dmd_1step", 1, Path("ode.safetensors"))  # kept: nothing runs, even without working files
+    assert ran == ["fit", "evaluate"] * 2
+
+
+def test_a_kept_ode_init_skips_the_trajectories_and_its_training(toy_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path, "--results", str(tmp_path / "kept")))
+    ran = []
+    monkeypatch.setattr(study, "run", fake_commands(tmp_path, ran))
+    weights = study.ode_init()
+    assert ran == ["data", "data", "fit"]  # train and val trajectories, then the ODE init
+    assert weights.read_bytes() == b"weights of ode_init" and weights.parent == tmp_path / "kept" / "ode_init"
+    assert study.ode_init() == weights and ran == ["data", "data", "fit"]
+
+
 def test_learning_curves_pair_the_seeds_step_by_step(toy_study, tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     values = {0: {100: 0.5, 200: 0.3}, 1: {100: 0.7, 200: 0.1, 300: 0.0}}  # seed 1 ran further
     for seed, by_step in values.items():
-        writer = SummaryWriter(tmp_path / f"sf_dmd_1step_seed{seed}" / "version_0")
+        writer = SummaryWriter(tmp_path / f"sf_dmd_1step_seed{seed}" / "events")
         for step, value in by_step.items():
             writer.add_scalar("eval/bank_precision", value, step)
         writer.close()
@@ -108,9 +161,12 @@ def test_every_written_config_parses_under_the_cli(toy_study, tmp_path, monkeypa
     study = toy_study.Study(study_args(toy_study, tmp_path))
     paths = []
     monkeypatch.setattr(study, "fit", lambda name, config: paths.append(config) or Path("w"))
+    monkeypatch.setattr(study, "run", lambda cmd, log: None)
+    monkeypatch.setattr(study, "keep", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study, "evaluate", lambda *args: None)
     for method in toy_study.METHODS:
         study.student(method, 0, Path("ode.safetensors"))
-    study.ode_init(Path("ode"))
+    study.ode_init()
     for path in paths:
         argv = ["fit", "--config", str(path), "--print_config"]
         monkeypatch.setattr(sys, "argv", ["oneforcing", *argv])  # the process's own arguments, as from a shell

@@ -101,8 +101,9 @@ class DistillationModule(L.LightningModule):
             micro-batches (as by the ranks); noise and σ are drawn per micro-batch. ``max_steps`` still counts
             iterations.
         activation_checkpointing: the trainable roles ("generator", "critic") whose Wan blocks recompute their
-            activations in backward instead of keeping them (off by default). The generator's roll-out calls
-            (KV-cached) are not recomputed: only its full-sequence passes (teacher forcing, diffusion, trajectory).
+            activations in backward instead of keeping them (off by default): the full-sequence passes and the
+            roll-out's gradient-carrying KV-cached calls (recomputed over the cache as their forward saw it; not
+            with ``cache_gradient``, whose K/V leave the block).
     """
 
     def __init__(
@@ -250,13 +251,17 @@ class DistillationModule(L.LightningModule):
         return problems
 
     def configure_model(self) -> None:
-        if self.generator is not None:
-            return
+        if self.generator is None:
+            self.build_roles()
+
+    def build_roles(self, load_weights: bool = True) -> None:
+        """The roles the objectives need, their initial weights loaded unless ``load_weights`` is False (e.g. on
+        the meta device, where ``oneforcing plan`` builds them to count their sizes), LoRA and checkpointing applied."""
         hp = self.hparams
         self.generator = CausalWanBackbone(self.backbone_config, block_size=hp.block_size,
                                            first_block_size=hp.first_block_size)
         generator_init = hp.generator_weights or hp.model_dir or hp.teacher_weights
-        if generator_init:
+        if generator_init and load_weights:
             self.generator.load_weights(generator_init)
         if self.generator_lora:
             apply_lora(self.generator, self.generator_lora)
@@ -264,12 +269,13 @@ class DistillationModule(L.LightningModule):
             self.teacher.requires_grad_(False).eval()
         elif "teacher" in self.roles:
             self.teacher = WanBackbone(self.teacher_config)
-            self.teacher.load_weights(hp.teacher_weights or hp.model_dir)
+            if load_weights:
+                self.teacher.load_weights(hp.teacher_weights or hp.model_dir)
             self.teacher.requires_grad_(False).eval()
         if "critic" in self.roles:
             self.critic = WanBackbone(self.backbone_config)
             critic_init = hp.critic_weights or hp.model_dir or hp.teacher_weights
-            if critic_init:
+            if critic_init and load_weights:
                 self.critic.load_weights(critic_init)
             if self.critic_lora:
                 apply_lora(self.critic, self.critic_lora)
@@ -463,6 +469,12 @@ class DistillationModule(L.LightningModule):
             rng=self.rank_rng, iteration=int(self.iteration), rollout_fn=rollout,
         )
 
+    def step_loss(self, side: str, batch: dict, context: torch.Tensor, uncond_context: torch.Tensor | None,
+                  draws: list[tuple[int, int | None]] | None = None) -> tuple[torch.Tensor, dict]:
+        """Σ weight · loss of the ``side`` ("generator" or "critic") objectives on one (micro-)batch, and their logs."""
+        objectives = self.generator_objectives if side == "generator" else self.critic_objectives
+        return self._sum_losses(objectives, self._step_context(batch, context, uncond_context, draws), side)
+
     def _sum_losses(self, objectives: list[Objective], ctx: StepContext, side: str) -> tuple[torch.Tensor, dict]:
         total, logs = 0.0, {}
         for objective in objectives:
@@ -490,15 +502,14 @@ class DistillationModule(L.LightningModule):
 
         return [{key: part(value, k) for key, value in batch.items()} for k in range(parts)]
 
-    def _accumulate(self, objectives: list[Objective], micro_batches: list[tuple[dict, torch.Tensor, torch.Tensor]],
-                    side: str) -> tuple[bool, dict]:
+    def _accumulate(self, micro_batches: list[tuple[dict, torch.Tensor, torch.Tensor]], side: str) -> tuple[bool, dict]:
         """Backward of Σ_k L(micro-batch k) / K, one micro-batch (batch, context, unconditional context) at a time
         (its graph freed before the next), with the step's exit steps shared by the micro-batches. A micro-batch
         with a non-finite loss is skipped (counted by the guard). Returns whether any backward ran, and the logs
         averaged over the micro-batches."""
         draws, logs, backward = [], {}, False
         for batch, context, uncond in micro_batches:
-            loss, step_logs = self._sum_losses(objectives, self._step_context(batch, context, uncond, draws), side)
+            loss, step_logs = self.step_loss(side, batch, context, uncond, draws)
             for key, value in step_logs.items():
                 logs[key] = logs.get(key, 0.0) + value.detach() / len(micro_batches)
             if self.nonfinite.is_finite(self, loss, side) and loss.requires_grad:
@@ -523,7 +534,7 @@ class DistillationModule(L.LightningModule):
         if generator_due:
             self._freeze(self.critic, self.objectives)  # the generator step never updates the critic (or its heads)
             generator_opt.zero_grad(set_to_none=True)
-            finite, step_logs = self._accumulate(self.generator_objectives, micro_batches, "generator")
+            finite, step_logs = self._accumulate(micro_batches, "generator")
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
             norm = self._clip_and_step(generator_opt, hp.generator_grad_clip, counted=critic_opt is None, clip=finite)
             if finite:
@@ -538,7 +549,7 @@ class DistillationModule(L.LightningModule):
             self._freeze(self.generator)  # the critic step never updates the generator
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            backward, step_logs = self._accumulate(self.critic_objectives, micro_batches, "critic")
+            backward, step_logs = self._accumulate(micro_batches, "critic")
             # the critic's step is counted by Lightning, its heads' are not (one counted step per iteration);
             # without gradients (a skipped step) they change nothing
             for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):

@@ -21,9 +21,12 @@ class AttentionControl:
         self.mask: torch.Tensor | None = None             # (S, S) bool, True = may attend
         self.cache: KVCache | None = None
         self.frame_positions: torch.Tensor | None = None  # (F,) temporal RoPE positions of this call's frames
+        # set while activation checkpointing recomputes a cached call in backward: that call's token slots [lo, hi)
+        # and the cache's eviction count then; the recompute reads slots [0, lo) and writes nothing
+        self.replay: tuple[int, int, int] | None = None
 
     def clear(self) -> None:
-        self.mask, self.cache, self.frame_positions = None, None, None
+        self.mask, self.cache, self.frame_positions, self.replay = None, None, None, None
 
 
 class KVCache:
@@ -69,6 +72,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget every frame and the prompt (a new roll-out)."""
         self.frames: list[int] = []
+        self.evictions = 0  # rolling-window evictions so far (they move slots a checkpointed call's recompute reads)
         self.next_frame = 0
         self.last_block: tuple[int, int] | None = None
         self.current: tuple[int, int] = (0, 0)  # token slots [lo, hi) of this call's frames
@@ -98,6 +102,7 @@ class KVCache:
                 self.k[:, :, dst] = self.k[:, :, src].clone()
                 self.v[:, :, dst] = self.v[:, :, src].clone()
                 self.frames = self.frames[: self.sink_frames] + self.frames[keep_from:]
+                self.evictions += 1
             lo = len(self.frames)
             self.frames += list(range(frame_offset, frame_offset + num_frames))
             self.next_frame = frame_offset + num_frames
@@ -175,9 +180,18 @@ class CausalSelfAttnProcessor:
         v = _split_heads(attn.to_v(hidden_states), attn.heads)
         if rotary_emb is not None:
             q, k = apply_rotary(q, *rotary_emb), apply_rotary(k, *rotary_emb)
-        cache = self.control.cache
+        cache, replay = self.control.cache, self.control.replay
         if cache is None:
             out = _attend(q, k, v, self.control.mask)
+        elif replay is not None:  # activation checkpointing's recompute of a cached call: its forward's history
+            lo, _, evictions = replay
+            if cache.evictions != evictions:
+                raise RuntimeError("Activation checkpointing recomputes a KV-cached call after the rolling window "
+                                   "evicted frames it attended to; train with a window of at least the roll-out's "
+                                   "frames, or without activation checkpointing of the generator.")
+            keys = torch.cat([cache.k[self.layer, :, :lo], k], dim=1)
+            values = torch.cat([cache.v[self.layer, :, :lo], v], dim=1)
+            out = _attend(q, keys, values, None)
         else:
             lo, hi = cache.current  # this call's frames are the last slots of the buffer
             cache.k[self.layer, :, lo:hi] = k.detach()

@@ -92,23 +92,28 @@ class CausalWanBackbone(WanBackbone):
             self.control.clear()
 
     def _checkpointed_block(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        """A block's checkpoint that recomputes under the attention mask of its forward: the processors read the
-        per-call ``control``, which the backbone clears after the call (a recompute in backward would otherwise
-        attend without the causal mask). A cached call (the roll-out) is not checkpointed: it reads and writes
-        the KV cache, whose later state a recompute would see instead of the forward's."""
+        """A block's checkpoint that recomputes under the attention control of its forward: the processors read
+        the per-call ``control``, which the backbone clears after the call (a recompute in backward would otherwise
+        attend without the causal mask). A cached call (the roll-out's grad-enabled calls) recomputes over the
+        cache's slots before its own, which later calls leave as they were (they append after it or rewrite its
+        own slots), and writes nothing; a rolling-window eviction in between is an error at the recompute.
+        With ``cache_gradient`` (K/V kept for later blocks' gradient) a cached call is not checkpointed: its K/V
+        leave the block, and later blocks' backward would need them."""
         control = self.control
-        if control.cache is not None:
+        cache = control.cache
+        if cache is not None and cache.keep_gradient:
             return block(*args)
         mask, positions = control.mask, control.frame_positions
+        replay = None if cache is None else (*cache.current, cache.evictions)
 
         @contextlib.contextmanager
         def as_in_forward():
-            saved = control.mask, control.frame_positions, control.cache
-            control.mask, control.frame_positions, control.cache = mask, positions, None
+            saved = control.mask, control.frame_positions, control.cache, control.replay
+            control.mask, control.frame_positions, control.cache, control.replay = mask, positions, cache, replay
             try:
                 yield
             finally:
-                control.mask, control.frame_positions, control.cache = saved
+                control.mask, control.frame_positions, control.cache, control.replay = saved
 
         return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False,
                                                  context_fn=lambda: (contextlib.nullcontext(), as_in_forward()))

@@ -40,7 +40,8 @@ def dmd_surrogate_loss(x: torch.Tensor, grad: torch.Tensor, frame_mask: torch.Te
     squared = (x.float() - target.float()).square()  # (B, F, C, H, W)
     if frame_mask is None:
         return 0.5 * squared.mean()
-    selected = squared[:, frame_mask.to(x.device)]
+    frames = frame_mask.nonzero().flatten().to(x.device)  # indices, found where the mask is (no meta-device nonzero)
+    selected = squared.index_select(1, frames)  # (B, F_window, C, H, W)
     return 0.5 * selected.mean()
 
 

@@ -1,0 +1,244 @@
+"""Per-rank memory of a training iteration, predicted without running it (``oneforcing plan``).
+
+Two parts, added:
+
+* **Model states** follow from element counts and each engine's layout, for N ranks (``state_bytes``):
+
+  ====== ================================ ======================================= ================================
+  engine parameters (teacher, EMA)        gradients                               optimizer (AdamW, fp32)
+  ====== ================================ ======================================= ================================
+  ddp    whole                            the stepping role's, whole; plus DDP's  2 states × every trainable
+                                          flat buckets of every trainable one     parameter
+  fsdp2  1/N (teacher and EMA too); two   both roles', 1/N (FSDP2 computes the    2 states, 1/N
+         units gathered at a time         other role's too and drops them)
+  zero2  whole (teacher, EMA outside)     the stepping role's, 1/N; one reduce    2 states + an fp32 master copy,
+                                          bucket per engine                       1/N
+  zero3  1/N, except parameters of at     the trainable roles', 1/N (a flat       2 states + an fp32 master copy,
+         most ``persistence_threshold``   buffer per engine); one reduce bucket   1/N
+         elements (whole on every rank);  per engine
+         the roles' parameters gathered
+         while they compute
+  ====== ================================ ======================================= ================================
+
+  DeepSpeed's reduce buckets are ``reduce_bucket_size`` elements (5e8 by default: 2 GB in fp32 per engine, whatever
+  the model's size) allocated whole; set ``config: {zero_optimization: {reduce_bucket_size: ...}}`` to shrink them.
+
+* **Activations** are traced: each role's step (``DistillationModule.step_loss`` and its backward, on one
+  micro-batch) runs on the meta device, where tensors have shapes but no storage and ops cost nothing, under a
+  dispatch mode that sums the bytes of the storages alive at each op (``LiveBytes``). So every objective's roll-out,
+  KV cache, extra passes (GAN, R1) and activation checkpointing count as they run. Attention is counted as a fused
+  kernel (flash / memory-efficient on a GPU, the CPU's flash kernel) that keeps q, k, v, the output and a
+  log-sum-exp per query for backward; on meta PyTorch would run the unfused maths and keep the L×L weights.
+  Gradients are dropped as they accumulate (the states count them), so the trace's peak is the activations'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+ENGINES = ("ddp", "fsdp2", "zero2", "zero3")
+FP32 = 4
+DEEPSPEED_REDUCE_BUCKET = int(5e8)  # DeepSpeed's default reduce_bucket_size (elements)
+DEEPSPEED_PERSISTENCE = int(1e5)  # DeepSpeed's default stage3_param_persistence_threshold (elements)
+
+
+# --- activations: a trace on the meta device --------------------------------------------------------------
+class LiveBytes(TorchDispatchMode):
+    """Sums the bytes of the storages that ops create under it while they are alive, and their peak.
+
+    A storage is counted once however many tensors view it, from the op that creates it until it is freed
+    (its Python object is kept as long as C++ holds it, so a finalizer fires exactly then). Storages that exist
+    before the mode (parameters, inputs) are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t.untyped_storage())
+        return out
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key = id(storage)
+        if key in self._tracked:
+            return
+        size = storage.nbytes()
+        self._tracked.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self._tracked.discard(key)
+        self.live -= size
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Attention as a fused kernel keeps it for backward: q, k, v, the output and a float32 log-sum-exp per query."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # (B, H, Lq, E), (B, H, Lk, E), (B, H, Lk, Ev)
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)  # (B, H, Lq)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return _FusedAttention.apply(query, key, value)
+
+
+@contextlib.contextmanager
+def fused_attention() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` as ``_FusedAttention`` while the context lasts (its callers look it up
+    on ``torch.nn.functional`` at each call: diffusers' Wan attention, our causal attention, the GAN head)."""
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+    functional.scaled_dot_product_attention = _fused_sdpa
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original
+
+
+def traced_peak(step, parameters: list[nn.Parameter]) -> int:
+    """Peak bytes of the storages alive while ``step()`` runs (on meta tensors), with fused attention. The
+    gradients that accumulate into ``parameters`` are dropped at once (the model states count them)."""
+    hooks = [p.register_post_accumulate_grad_hook(_drop_grad) for p in parameters if p.requires_grad]
+    meter = LiveBytes()
+    try:
+        with fused_attention(), meter:
+            step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return meter.peak
+
+
+def _drop_grad(parameter: nn.Parameter) -> None:
+    parameter.grad = None
+
+
+# --- model states --------------------------------------------------------------------------------------
+@dataclass
+class RoleSizes:
+    """Element counts of one role: all its parameters, the trainable ones, the largest FSDP unit's own and the
+    elements in tensors of at most the ZeRO-3 persistence threshold."""
+
+    name: str
+    params: int
+    trainable: int
+    largest_unit: int = 0
+    persistent: int = 0
+
+    @classmethod
+    def of(cls, name: str, modules: list[nn.Module], units: list[nn.Module] = (),
+           persistence_threshold: int = DEEPSPEED_PERSISTENCE) -> RoleSizes:
+        params = [p for m in modules for p in m.parameters()]
+        return cls(name, params=sum(p.numel() for p in params),
+                   trainable=sum(p.numel() for p in params if p.requires_grad),
+                   largest_unit=max((unit_size(u, units) for u in units), default=0),
+                   persistent=sum(p.numel() for p in params if p.numel() <= persistence_threshold))
+
+
+def unit_size(unit: nn.Module, units: list[nn.Module]) -> int:
+    """Elements an FSDP unit gathers itself: its parameters less those of the units nested in it."""
+    inner = {id(p) for u in units if u is not unit and any(u is m for m in unit.modules()) for p in u.parameters()}
+    return sum(p.numel() for p in unit.parameters() if id(p) not in inner)
+
+
+@dataclass
+class EngineSettings:
+    """What an engine does with the states: its kind, the ranks sharing them, the bytes of a compute parameter
+    (4 fp32; 2 for FSDP2's bf16 parameter policy and DeepSpeed's bf16 mode) and DeepSpeed's bucket settings."""
+
+    kind: str
+    devices: int
+    param_bytes: int = FP32
+    reduce_bucket_size: int = DEEPSPEED_REDUCE_BUCKET
+    persistence_threshold: int = DEEPSPEED_PERSISTENCE
+    overlap_comm: bool | None = None  # DeepSpeed's default: on for stage 3, off otherwise
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINES:
+            raise ValueError(f"engine {self.kind!r} is not one of {', '.join(ENGINES)}")
+        if self.devices < 1:
+            raise ValueError(f"devices={self.devices} must be >= 1")
+
+
+def state_bytes(trainable: list[RoleSizes], teacher_bytes: int, ema: int, engine: EngineSettings) -> dict[str, int]:
+    """Per-rank bytes of parameters, the frozen teacher, the EMA, gradients, optimizer state and engine buffers,
+    for the trainable roles (generator; critic with its heads), a teacher of ``teacher_bytes`` whole and an EMA of
+    ``ema`` elements. The rules are the table of the module docstring."""
+    n, kind, pb = engine.devices, engine.kind, engine.param_bytes
+    params = sum(r.params for r in trainable)
+    train = sum(r.trainable for r in trainable)
+    stepping = max((r.trainable for r in trainable), default=0)  # one role's gradients at a time
+    out = {"parameters": 0, "teacher": teacher_bytes, "ema": FP32 * ema, "gradients": 0, "optimizer": 0,
+           "buffers": 0}
+    if kind == "ddp":
+        out.update(parameters=FP32 * params, gradients=FP32 * stepping, optimizer=2 * FP32 * train,
+                   buffers=FP32 * train)  # DDP's flat gradient buckets hold every trainable parameter
+    elif kind == "fsdp2":
+        largest = max((r.largest_unit for r in trainable), default=0)
+        out.update(parameters=FP32 * params / n, teacher=teacher_bytes / n, ema=FP32 * ema / n,
+                   gradients=FP32 * train / n, optimizer=2 * FP32 * train / n,
+                   buffers=2 * pb * largest + FP32 * largest)  # two gathered units, one unsharded gradient
+    else:
+        overlap = engine.overlap_comm if engine.overlap_comm is not None else kind == "zero3"
+        buckets = (2 if overlap and kind == "zero2" else 1) * FP32 * engine.reduce_bucket_size * len(trainable)
+        out["optimizer"] = 3 * FP32 * train / n  # fp32 master partition + AdamW's two states
+        if kind == "zero2":
+            out.update(parameters=pb * params, gradients=FP32 * stepping / n, buffers=buckets)
+        else:
+            persistent = sum(r.persistent for r in trainable)
+            partitioned = pb * ((params - persistent) / n + persistent)
+            out.update(parameters=partitioned, gradients=FP32 * train / n,
+                       buffers=buckets + pb * (params - persistent))  # the roles gathered while they compute
+    return {k: int(math.ceil(v)) for k, v in out.items()}
+
+
+@dataclass
+class Plan:
+    """A per-rank prediction: each category's bytes, each role step's activation peak with the config's activation
+    checkpointing and with the other setting (every trainable role checkpointed vs none), the total (model states
+    and the larger step's activations) and the device memory it is checked against."""
+
+    states: dict[str, int]
+    activations: dict[str, int]  # "generator" / "critic" step -> peak bytes
+    activations_other: dict[str, int]
+    checkpointing: bool
+    device_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_activations(self) -> int:
+        return max(self.activations.values(), default=0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values()) + self.peak_activations
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.device_bytes is None else self.total <= self.device_bytes
