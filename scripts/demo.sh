@@ -7,9 +7,11 @@
 #   4. the three 1-step framewise students, each from the ODE init: Self-Forcing DMD, One-Forcing (DMD + GAN)
 #      and causal consistency distillation;
 #   5. a side-by-side GIF (rows: teacher at 48 steps, ODE init at 4 steps, then the three 1-step students) plus
-#      per-method GIFs/MP4.
+#      per-method GIFs/MP4;
+#   6. when the toy study's students are kept (docs/study/<method>_seed0/weights.safetensors), their side-by-side
+#      GIF and the study's table over every kept seed.
 # Everything goes under runs/demo/ with TensorBoard logs per stage. Overrides: DEMO_DIR, DEMO_TEACHER,
-# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_DMD_STEPS (iterations of each 1-step student). Expects `oneforcing` on PATH (the Makefile does that).
+# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_DMD_STEPS (iterations of each 1-step student), DEMO_STUDY. Expects `oneforcing` on PATH (the Makefile does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +79,19 @@ oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step"
 oneforcing sample --checkpoint "$CD" --out "$DEMO_DIR/samples/consistency_1step" --format gif "${prompt_args[@]}"
 oneforcing sample --checkpoint "$TEACHER" --out "$DEMO_DIR/samples/teacher" --format gif "${prompt_args[@]}"
 
+# 6. the study's students (scripts/toy_study.py: 1000 iterations each, kept under docs/study), when they are there
+STUDY="${DEMO_STUDY:-docs/study}"
+study_rows=()
+for w in "$STUDY"/*_seed0/weights.safetensors; do
+  [[ -f "$w" ]] && { run="$(basename "$(dirname "$w")")"; study_rows+=(--checkpoint "${run%_seed0}=$w"); }
+done
+if (( ${#study_rows[@]} )); then
+  echo "== 6 the study's seed-0 students, side by side; its table over every kept seed"
+  python scripts/side_by_side.py --out "$DEMO_DIR/study_side_by_side.gif" --checkpoint "teacher=$TEACHER" \
+    "${study_rows[@]}" "${prompt_args[@]}"
+  oneforcing compare "$STUDY" --out "$DEMO_DIR/study_report"
+fi
+
 echo
 echo "Done."
 echo "  side by side (rows: teacher 48 steps, ODE init 4 steps, then 1 step: Self-Forcing DMD, One-Forcing, consistency):"
@@ -84,3 +99,7 @@ echo "    $DEMO_DIR/side_by_side.gif"
 echo "  per-method GIFs/MP4: $DEMO_DIR/samples/"
 echo "  weights: ODE init $ODE, Self-Forcing DMD $DMD, One-Forcing $OF, consistency $CD"
 echo "  TensorBoard logs: $DEMO_DIR/<stage>/version_N   (view with: tensorboard --logdir $DEMO_DIR)"
+if (( ${#study_rows[@]} )); then
+  echo "  the study's students (each reproduced by the command in $STUDY/<run>/command.txt):"
+  echo "    $DEMO_DIR/study_side_by_side.gif, table $DEMO_DIR/study_report/report.md"
+fi

@@ -67,7 +67,19 @@ class Study:
 
     def exact_teacher(self) -> dict:
         return {"class_path": "oneforcing.data.exact_bank.ExactToyTeacher",
-                "init_args": {"bank_size_per_caption": self.args.bank_size}}
+                "init_args": {"bank_size_per_caption": self.args.bank_size, "spatial_factor": self.spatial_factor,
+                              "num_frames": self.num_frames}}
+
+    @property
+    def num_frames(self) -> int:
+        """The data's video length (``oneforcing data toy --num-frames``): every student, bank and trajectory's."""
+        return int(json.loads((Path(self.args.data) / "train" / "index.json").read_text()).get("num_frames", 12))
+
+    @property
+    def spatial_factor(self) -> int:
+        """The toy codec's factor of the recipes (their backbone's in_channels = 3·f²), for the exact teacher."""
+        recipe = yaml.safe_load(Path(METHODS["sf_dmd_1step"][0]).read_text())
+        return round((recipe["model"]["init_args"]["backbone"]["in_channels"] / 3) ** 0.5)
 
     def run(self, cmd: list[str], log: Path) -> None:
         """One subprocess on one thread, its output in ``log``; a failure stops the study with the log's tail."""
@@ -88,7 +100,8 @@ class Study:
             if not (root / split / "index.json").is_file():
                 self.run([*ONEFORCING, "data", "trajectories", "--teacher", "exact", "--bank-size", str(a.bank_size),
                           "--source", f"{a.data}/{split}", "--out", str(root / split), "--num-videos", str(count),
-                          "--steps", "48", "--shift", "5", "--guidance-scale", str(a.guidance_scale)],
+                          "--steps", "48", "--shift", "5", "--guidance-scale", str(a.guidance_scale),
+                          "--spatial-factor", str(self.spatial_factor)],
                          self.out / "logs" / f"trajectories_{split}.log")
         return root
 
@@ -112,10 +125,17 @@ class Study:
                                             "seed": seed, "bank_size": self.args.bank_size}})
         trainer["callbacks"] = callbacks
         init = cfg["model"]["init_args"]
-        init.update(seed=seed, **model)
+        init.update(seed=seed, num_frames=self.num_frames, **model)
+        gan = any(o["class_path"].endswith(".GAN") for o in init["objectives"])
         for objective in init["objectives"]:
-            if "guidance_scale" in objective.get("init_args", {}):
-                objective["init_args"]["guidance_scale"] = self.args.guidance_scale
+            args = objective.setdefault("init_args", {})
+            if "guidance_scale" in args:
+                args["guidance_scale"] = self.args.guidance_scale
+            if gan and self.args.shared_gan_pass:  # the critic's flow loss from the discriminator's 2B pass
+                if objective["class_path"].endswith(".DMD"):
+                    args["train_critic"] = False
+                elif objective["class_path"].endswith(".GAN"):
+                    args.update(shared_flow_pass=True, discriminator_update_every=5)
         cfg["data"]["init_args"].update(num_workers=0, **data)
         path = self.out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=100, help="iterations between eval/* logs and checkpoints")
     p.add_argument("--eval-videos", type=int, default=16, help="videos of each in-training evaluation")
     p.add_argument("--final-videos", type=int, default=64, help="videos of each final `oneforcing evaluate`")
+    p.add_argument("--shared-gan-pass", action="store_true",
+                   help="One-Forcing runs read the critic's flow loss from the discriminator's 2B pass and train the "
+                        "discriminator every 5th critic step (1.3x a DMD iteration instead of 2.3x; "
+                        "docs/benchmarks.md); default: the released behaviour")
     p.add_argument("--jobs", type=int, default=2)
     return p
 

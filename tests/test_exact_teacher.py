@@ -261,3 +261,30 @@ def test_exact_teacher_configs_that_cannot_work_fail_before_training(neural_file
                                                           frame_size=16))
     with pytest.raises(ValueError, match="unconditional_prompt"):
         exact_module(neural_file, negative_prompt="a")
+
+
+def test_the_posterior_mean_is_the_same_video_under_either_toy_codec():
+    """Space-to-depth only permutes pixels, so the exact teacher at factor 4 (16 tokens per frame) denoises to the
+    same pixels as at factor 2; its bank has the factor-4 latent shape and a factor that does not divide is refused."""
+    two = ExactToyTeacher(bank_size_per_caption=2, captions=[RED, BLUE], num_frames=3, frame_size=16)
+    four = ExactToyTeacher(bank_size_per_caption=2, captions=[RED, BLUE], num_frames=3, frame_size=16,
+                           spatial_factor=4)
+    assert tuple(two.bank.shape[1:]) == (3, 12, 8, 8) and tuple(four.bank.shape[1:]) == (3, 48, 4, 4)
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.rand(2, 3, 3, 16, 16, generator=g) * 2 - 1
+    sigma, context = torch.tensor([0.3, 0.7]), ToyTextEncoder()([RED, BLUE])
+    x0 = {}
+    for name, teacher in (("two", two), ("four", four)):
+        x = teacher.codec.encode(pixels)
+        x0[name] = teacher.codec.decode(x - sigma.view(-1, 1, 1, 1, 1) * teacher(x, sigma, context))
+    torch.testing.assert_close(x0["four"], x0["two"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="spatial_factor=3 must be >= 1 and divide frame_size=16"):
+        ExactToyTeacher(bank_size_per_caption=1, captions=[RED], num_frames=2, frame_size=16, spatial_factor=3)
+
+
+def test_the_spatial_factor_of_a_trained_teacher_is_refused():
+    from oneforcing.commands.trajectories import export_trajectories
+
+    with pytest.raises(ValueError, match="--spatial-factor sets the exact teacher's codec; a trained teacher's codec "
+                                         "follows from its weights"):
+        export_trajectories("teacher.safetensors", "nowhere", "out", spatial_factor=4)

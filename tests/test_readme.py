@@ -10,12 +10,12 @@ import pytest
 from conftest import REPO_ROOT
 
 from oneforcing.cli import OneForcingCLI
-from oneforcing.commands import compare, evaluate, export, tiny_wan, vbench
+from oneforcing.commands import compare, evaluate, export, plan, tiny_wan, vbench
 from oneforcing.commands import data as data_command
 from oneforcing.commands import sample as sample_command
 
 PARSERS = {"data": data_command, "sample": sample_command, "evaluate": evaluate, "compare": compare, "vbench": vbench,
-           "tiny-wan": tiny_wan, "export": export}
+           "tiny-wan": tiny_wan, "export": export, "plan": plan}
 
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)

@@ -67,3 +67,16 @@ def test_space_to_depth_round_trip_is_exact():
 def test_space_to_depth_rejects_indivisible_frames():
     with pytest.raises(ValueError, match="not divisible by the codec factor 2"):
         SpaceToDepthCodec(factor=2).encode(torch.zeros(1, 1, 3, 31, 32))
+
+
+def test_the_toy_codec_follows_the_backbone_channels():
+    """A toy backbone's in_channels records its codec, so exported weights rebuild with it: 12 -> ×2, 48 -> ×4."""
+    from oneforcing.lightning_modules.teacher import TeacherModule
+    from oneforcing.models.codecs import SpaceToDepthCodec
+
+    assert [SpaceToDepthCodec.matching(c).factor for c in (3, 12, 27, 48, 16)] == [1, 2, 3, 4, 2]
+    tiny = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16, text_dim=46)
+    module = TeacherModule(backbone=dict(tiny, in_channels=48, out_channels=48), frame_size=16)
+    assert module.codec.factor == 4 and module.codec.encode(torch.zeros(1, 2, 3, 16, 16)).shape == (1, 2, 48, 4, 4)
+    with pytest.raises(ValueError, match="in_channels"):
+        TeacherModule(backbone=dict(tiny, in_channels=16, out_channels=16))  # no toy codec has 16 channels

@@ -24,8 +24,12 @@ def toy_study():
 
 
 def study_args(toy_study, tmp_path: Path, *extra: str) -> argparse.Namespace:
+    """The study's arguments over a data root whose index records 6-frame videos."""
+    data = tmp_path / "toy6"
+    (data / "train").mkdir(parents=True, exist_ok=True)
+    (data / "train" / "index.json").write_text('{"num_frames": 6}')
     return toy_study.build_parser().parse_args(["--out", str(tmp_path / "study"), "--teacher", "neural.safetensors",
-                                                *extra])
+                                                "--data", str(data), *extra])
 
 
 @pytest.mark.parametrize("method", ["of_chunkwise_1step_ffe", "consistency_1step", "sf_dmd_4step"])
@@ -44,7 +48,9 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     init = cfg["model"]["init_args"]
     assert init["teacher_weights"] is None
     assert init["teacher"]["class_path"] == "oneforcing.data.exact_bank.ExactToyTeacher"
-    assert init["teacher"]["init_args"] == {"bank_size_per_caption": 16}
+    factor = round((recipe["model"]["init_args"]["backbone"]["in_channels"] / 3) ** 0.5)  # the recipe's codec
+    assert init["teacher"]["init_args"] == {"bank_size_per_caption": 16, "spatial_factor": factor, "num_frames": 6}
+    assert init["num_frames"] == 6  # the data's length (its index), not the recipe's 12
     assert (init["critic_weights"], init["generator_weights"]) == ("neural.safetensors", "ode.safetensors")
     assert (init["seed"], cfg["seed_everything"]) == (2, 2)
     assert init["generator_lr"] == init["critic_lr"] == 1e-4
@@ -60,7 +66,20 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     assert callbacks["ToyEvaluation"] == {"every_n_steps": 100, "num_videos": 16, "seed": 2, "bank_size": 16}
     assert callbacks["ModelCheckpoint"] == {"save_last": True, "every_n_train_steps": 100}
     assert callbacks["ExportWeights"] == {"dtype": "float16"} and "SampleVideoLogger" not in callbacks
-    assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == "data/toy"
+    assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == str(tmp_path / "toy6")
+
+
+def test_the_shared_gan_pass_changes_the_one_forcing_runs_only(toy_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path, "--shared-gan-pass"))
+    objectives = {}
+    for method in ("of_framewise_1step", "sf_dmd_1step"):
+        cfg = yaml.safe_load(study.config_of(method, 0, Path("ode.safetensors")).read_text())
+        objectives[method] = {o["class_path"].rsplit(".", 1)[1]: o["init_args"] for o in cfg["model"]["init_args"]["objectives"]}
+    assert objectives["of_framewise_1step"]["DMD"]["train_critic"] is False
+    assert objectives["of_framewise_1step"]["GAN"]["shared_flow_pass"] is True
+    assert objectives["of_framewise_1step"]["GAN"]["discriminator_update_every"] == 5
+    assert "train_critic" not in objectives["sf_dmd_1step"]["DMD"]  # DMD alone keeps its own flow loss
 
 
 def test_fit_resumes_from_the_last_checkpoint_and_skips_a_trained_run(toy_study, tmp_path, monkeypatch):

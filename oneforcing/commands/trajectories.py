@@ -207,7 +207,7 @@ class ExactTrajectoryTeacher:
 
 
 def load_exact_teacher(index: dict, first: dict, bank_size: int, bank_seed: int | None, negative_prompt: str,
-                       log: Callable[[str], None]):
+                       log: Callable[[str], None], spatial_factor: int = 2):
     """(teacher, kind, velocity for a ground-truth batch, index fields) of the exact toy teacher, its bank
     rendered at the frames and size of the source's first sample and its recorded background, its
     unconditional prompt the negative prompt."""
@@ -226,7 +226,8 @@ def load_exact_teacher(index: dict, first: dict, bank_size: int, bank_seed: int 
     num_frames, _, size, _ = first["pixels"].shape  # (F, 3, H, W)
     background = index.get("background", "textured")  # splits written before the flat world were textured
     teacher = ExactToyTeacher(bank_size_per_caption=bank_size, seed=seed, num_frames=num_frames, frame_size=size,
-                              background=background, unconditional_prompt=negative_prompt)
+                              background=background, unconditional_prompt=negative_prompt,
+                              spatial_factor=spatial_factor)
     log(f"Teacher: the exact toy teacher over {bank_size} videos per caption (bank seed {seed}, "
         f"{teacher.bank_bytes / 2**20:.0f} MiB)")
     fields = dict(teacher_kind=EXACT, block_size=None, first_block_size=None,
@@ -258,6 +259,9 @@ def add_parser(sub) -> None:
                    help="--teacher exact: videos per caption in the bank (432 MiB at 16 for all 384 captions)")
     p.add_argument("--bank-seed", "--bank_seed", dest="bank_seed", type=int | None, default=None,
                    help="--teacher exact: the bank's stream (default: the exact teacher's, disjoint from the data)")
+    p.add_argument("--spatial-factor", "--spatial_factor", dest="spatial_factor", type=int | None, default=None,
+                   help="--teacher exact: the student's toy codec factor (2, the default: 12 latent channels; 4: 48; "
+                        "the recipe's backbone in_channels tells)")
     p.add_argument("--source", type=str, required=True, help="caption/video split directory (e.g. data/toy/train)")
     p.add_argument("--out", type=str, required=True, help="output split directory (e.g. data/toy_ode/train)")
     p.add_argument("--num-videos", "--num_videos", dest="num_videos", type=int | None, default=None,
@@ -289,11 +293,14 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                         seed: int = 0, samples_per_shard: int = 256, progress: bool = True,
                         negative_prompt: str | None = None, block_size: int | None = None, use_ema: bool | None = None,
                         log: Callable[[str], None] = lambda message: None, bank_size: int = 16,
-                        bank_seed: int | None = None) -> dict:
+                        bank_seed: int | None = None, spatial_factor: int | None = None) -> dict:
     """Write the trajectory split; returns its index. Every input is checked before the first Euler step."""
     grid = euler_sigmas(steps, shift)
     snapshot_sigmas = warped_step_sigmas(snapshot_steps, shift)
     indices = snapshot_indices(grid, snapshot_sigmas)  # fail before loading anything
+    if str(teacher) != EXACT and spatial_factor is not None:
+        raise ValueError("--spatial-factor sets the exact teacher's codec; a trained teacher's codec follows from its "
+                         "weights. Drop it.")
     index = read_index(source)
     members = index.get("members")
     if members is not None and not any(f"{m}.safetensors" in members for m in GROUND_TRUTH_MEMBERS):
@@ -318,7 +325,8 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
         raise ValueError(f"Source split {source} has no readable sample with pixels or latents; regenerate it with "
                          "`oneforcing data toy`.")
     if str(teacher) == EXACT:
-        module, kind, velocity_for, fields = load_exact_teacher(index, first, bank_size, bank_seed, negative_prompt, log)
+        module, kind, velocity_for, fields = load_exact_teacher(index, first, bank_size, bank_seed, negative_prompt, log,
+                                                                spatial_factor or 2)
     if kind == "causal_teacher_forcing":
         num_frames = _ground_truth_latents(module, [first]).shape[1]
         try:
@@ -389,6 +397,7 @@ def trajectories_command(cfg) -> None:
     index = export_trajectories(cfg.teacher, cfg.source, cfg.out, cfg.num_videos, cfg.steps, cfg.shift,
                                 cfg.guidance_scale, cfg.snapshot_steps, cfg.batch_size, cfg.seed, cfg.samples_per_shard,
                                 negative_prompt=cfg.negative_prompt, block_size=cfg.block_size, use_ema=cfg.use_ema,
-                                log=console.print, bank_size=cfg.bank_size, bank_seed=cfg.bank_seed)
+                                log=console.print, bank_size=cfg.bank_size, bank_seed=cfg.bank_seed,
+                                spatial_factor=cfg.spatial_factor)
     console.print(f"[green]Wrote {index['total']} {index['teacher_kind']} trajectories to {cfg.out} in "
                   f"{time.perf_counter() - start:.0f} s")

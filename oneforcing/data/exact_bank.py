@@ -72,6 +72,8 @@ class ExactToyTeacher(ExactTeacher):
         captions: the bank's captions; None: every one-object caption of the vocabulary (384).
         seed: the bank's stream (``BANK_SEED`` by default: no video of the training or evaluation data).
         num_frames, frame_size: the videos' length and side in pixels (the student's).
+        spatial_factor: the toy space-to-depth codec's factor, the student's (2: 12 latent channels, 64 tokens per
+            32×32 frame; 4: 48 channels, 16 tokens).
         background: the world's background ("flat": the default world).
         unconditional_prompt: the prompt whose embedding selects the whole bank (CFG's unconditional branch);
             it must be the module's ``negative_prompt``.
@@ -81,13 +83,15 @@ class ExactToyTeacher(ExactTeacher):
     def __init__(self, bank_size_per_caption: int = 16, captions: list[str] | None = None, seed: int = BANK_SEED,
                  num_frames: int = 12, frame_size: int = 32, background: Background = "flat",
                  unconditional_prompt: str = "", min_sigma: float = DEFAULT_MIN_SIGMA,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, spatial_factor: int = 2) -> None:
         captions = one_object_captions() if captions is None else list(captions)
         problems = caption_problems(captions)
         if bank_size_per_caption < 1:
             problems.append(f"bank_size_per_caption={bank_size_per_caption} must be >= 1")
         if not captions:
             problems.append("captions is empty; name at least one caption or pass null for all 384")
+        if spatial_factor < 1 or frame_size % spatial_factor:
+            problems.append(f"spatial_factor={spatial_factor} must be >= 1 and divide frame_size={frame_size}")
         if background not in BACKGROUNDS:
             problems.append(f"background={background!r} is not one of {BACKGROUNDS}")
         encoder = ToyTextEncoder()
@@ -97,7 +101,7 @@ class ExactToyTeacher(ExactTeacher):
             problems.append(f"unconditional_prompt: {error}")
         if problems:
             raise ValueError("Invalid ExactToyTeacher config:\n  - " + "\n  - ".join(problems))
-        codec = SpaceToDepthCodec(factor=2)
+        codec = SpaceToDepthCodec(factor=spatial_factor)
         f = codec.spatial_factor
         per = bank_size_per_caption
         shape = (num_frames, codec.latent_channels, frame_size // f, frame_size // f)

@@ -162,7 +162,7 @@ class DistillationModule(L.LightningModule):
             wan_codec, wan_text = wan_components(model_dir)
             codec, text_encoder = codec or wan_codec, text_encoder or wan_text
         self.objectives = nn.ModuleList(objectives)
-        self.codec = codec or SpaceToDepthCodec(factor=2)
+        self.codec = codec or SpaceToDepthCodec.matching(self.backbone_config.in_channels)  # the toy codec
         self.text_encoder = text_encoder or ToyTextEncoder()
         self.step_sigmas = warped_step_sigmas(denoising_steps, warp_shift)
         self.first_block_sigmas = warped_step_sigmas(first_block_steps, warp_shift) if first_block_steps else None

@@ -32,7 +32,8 @@ class TeacherModule(L.LightningModule):
 
     Args:
         backbone: Wan hyper-parameters (toy defaults).
-        codec: pixels <-> latents (default: space-to-depth ×2 for the toy world).
+        codec: pixels <-> latents (default: the toy space-to-depth codec matching the backbone's in_channels:
+            ×2 at 12 channels, ×4 at 48).
         text_encoder: prompts -> context (default: the deterministic toy encoder).
         init_weights: optional safetensors/diffusers weights to start from (fine-tuning).
         lr, betas, weight_decay: AdamW; ``warmup_steps`` of linear warm-up, then constant.
@@ -82,7 +83,7 @@ class TeacherModule(L.LightningModule):
         self.backbone_config = WanConfig(**backbone) if isinstance(backbone, dict) else (backbone or WanConfig())
         self.save_hyperparameters(ignore=["codec", "text_encoder"])
         self.hparams["backbone"] = dataclasses.asdict(self.backbone_config)  # plain types: loads with weights_only
-        self.codec = codec or SpaceToDepthCodec(factor=2)
+        self.codec = codec or SpaceToDepthCodec.matching(self.backbone_config.in_channels)  # the toy codec
         self.text_encoder = text_encoder or ToyTextEncoder()
         problems = self.backbone_config.io_problems(self.codec, self.text_encoder)
         if not 0.0 <= caption_dropout < 1.0:

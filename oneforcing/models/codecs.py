@@ -22,6 +22,14 @@ class SpaceToDepthCodec(nn.Module):
         self.latent_channels = channels * factor * factor
         self.spatial_factor = factor
 
+    @classmethod
+    def matching(cls, latent_channels: int, channels: int = 3) -> "SpaceToDepthCodec":
+        """The codec whose latents have ``latent_channels`` (= channels·f²): the toy default of a backbone, so that
+        its ``in_channels`` alone records the codec (12: f = 2, 64 tokens per 32×32 frame; 48: f = 4, 16 tokens).
+        Any other count gets f = 2, which the backbone's io check then reports."""
+        factor = round((latent_channels / channels) ** 0.5)
+        return cls(factor if factor >= 1 and channels * factor * factor == latent_channels else 2, channels)
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         f = self.factor
         if pixels.shape[-1] % f or pixels.shape[-2] % f:
