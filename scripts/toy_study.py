@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="One-Forcing runs read the critic's flow loss from the discriminator's 2B pass and train the "
                         "discriminator every 5th critic step (1.3x a DMD iteration instead of 2.3x; "
                         "docs/benchmarks.md); default: the released behaviour")
+    p.add_argument("--ode-init-only", action="store_true",
+                   help="stop once the ODE init is trained, evaluated and kept (a first part of the study)")
     p.add_argument("--jobs", type=int, default=2)
     return p
 
@@ -334,6 +336,9 @@ def main() -> None:
     ode = study.ode_init()
     if not (study.results / "ode_init" / "metrics.json").is_file():
         study.evaluate("ode_init", 0, ode, study.results / "ode_init")
+    if args.ode_init_only:
+        print(f"ODE init kept in {study.results / 'ode_init'}; run again without --ode-init-only for the students.")
+        return
     print("== students", flush=True)
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -193,3 +193,22 @@ def test_every_written_config_parses_under_the_cli(toy_study, tmp_path, monkeypa
             main(argv)
         assert exit_.value.code in (0, None), path
         assert "ExactToyTeacher" in capsys.readouterr().out or path.stem == "ode_init"
+
+
+def test_ode_init_only_stops_after_the_kept_and_evaluated_ode_init(toy_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    data = tmp_path / "toy6"
+    for split in ("train", "val"):
+        (data / split).mkdir(parents=True, exist_ok=True)
+        (data / split / "index.json").write_text('{"num_frames": 6}')
+    (tmp_path / "neural.safetensors").write_bytes(b"")
+    ran = []
+    monkeypatch.setattr(toy_study.Study, "run", lambda self, cmd, log: fake_commands(tmp_path, ran)(cmd, log))
+    monkeypatch.setattr(sys, "argv", ["toy_study.py", "--data", str(data), "--teacher", str(tmp_path / "neural.safetensors"),
+                                      "--out", str(tmp_path / "study"), "--results", str(tmp_path / "kept"),
+                                      "--ode-init-only"])
+    toy_study.main()
+    assert ran == ["data", "data", "fit", "evaluate"]  # trajectories, the ODE init, its evaluation; no student
+    assert (tmp_path / "kept" / "ode_init" / "metrics.json").is_file()
+    toy_study.main()  # kept: nothing runs again
+    assert ran == ["data", "data", "fit", "evaluate"]
