@@ -157,6 +157,11 @@ class Study:
         """The kept ODE init (trained from the exact teacher's trajectories unless it is already kept)."""
         a, kept = self.args, self.results / "ode_init" / "weights.safetensors"
         if kept.is_file():
+            frames = yaml.safe_load((kept.parent / "config.yaml").read_text())["model"]["init_args"]["num_frames"]
+            if frames != self.num_frames:
+                raise SystemExit(f"The kept ODE init in {kept.parent} was trained on {frames}-frame videos, the data "
+                                 f"{a.data} holds {self.num_frames}-frame ones: point --data at the study's data or "
+                                 "--results at another folder.")
             return kept
         print("== exact-teacher ODE trajectories", flush=True)
         trajectories = self.trajectories()

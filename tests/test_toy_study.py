@@ -146,6 +146,9 @@ def test_a_kept_ode_init_skips_the_trajectories_and_its_training(toy_study, tmp_
     assert ran == ["data", "data", "fit"]  # train and val trajectories, then the ODE init
     assert weights.read_bytes() == b"weights of ode_init" and weights.parent == tmp_path / "kept" / "ode_init"
     assert study.ode_init() == weights and ran == ["data", "data", "fit"]
+    (tmp_path / "toy6" / "train" / "index.json").write_text('{"num_frames": 12}')  # other data, same results
+    with pytest.raises(SystemExit, match="trained on 6-frame videos, the data .* holds 12-frame ones"):
+        study.ode_init()
 
 
 def test_learning_curves_pair_the_seeds_step_by_step(toy_study, tmp_path):
