@@ -78,8 +78,10 @@ class Study:
     @property
     def spatial_factor(self) -> int:
         """The toy codec's factor of the recipes (their backbone's in_channels = 3·f²), for the exact teacher."""
+        from oneforcing.models.codecs import SpaceToDepthCodec
+
         recipe = yaml.safe_load(Path(METHODS["sf_dmd_1step"][0]).read_text())
-        return round((recipe["model"]["init_args"]["backbone"]["in_channels"] / 3) ** 0.5)
+        return SpaceToDepthCodec.matching(recipe["model"]["init_args"]["backbone"]["in_channels"]).factor
 
     def run(self, cmd: list[str], log: Path) -> None:
         """One subprocess on one thread, its output in ``log``; a failure stops the study with the log's tail."""
