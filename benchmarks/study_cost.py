@@ -9,7 +9,7 @@ the last one's excess over it: the ``ToyEvaluation`` pass it ran (the in-trainin
 in the study). Projected: the study's
 student stage in CPU-hours and in wall-clock hours at ``--jobs`` jobs.
 
-    python benchmarks/study_cost.py [--iterations 12] [--jobs 2] [--teacher assets/toy_teacher.safetensors]
+    python benchmarks/study_cost.py [--iterations 12] [--jobs 2] [--data data/toy6] [--shared-gan-pass]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="assets/toy_teacher.safetensors")
     parser.add_argument("--study-iterations", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--shared-gan-pass", action="store_true", help="as the study's --shared-gan-pass")
     args = parser.parse_args()
     if not (REPO / args.data / "train" / "index.json").is_file():
         sys.exit(f"No toy data at {args.data}: run `oneforcing data toy --out {args.data} --num-videos 20000 --seed 0`.")
@@ -75,7 +76,8 @@ def main() -> None:
         (root / "study_probe.py").write_text(PROBE)
         study_args = toy_study.build_parser().parse_args(
             ["--data", args.data, "--teacher", args.teacher, "--out", str(root / "study"), "--results",
-             str(root / "kept"), "--iterations", str(args.iterations), "--eval-every", str(args.iterations)])
+             str(root / "kept"), "--iterations", str(args.iterations), "--eval-every", str(args.iterations),
+             *(["--shared-gan-pass"] if args.shared_gan_pass else [])])
         study = toy_study.Study(study_args)
         configs = {}
         for method in toy_study.METHODS:

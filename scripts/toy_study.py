@@ -15,6 +15,9 @@ checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
   4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
      method the mean over seeds with a band of ± one sample std) and ``commands.md`` (every command run).
 
+Every run has the data's frame count (``oneforcing data toy --num-frames``); a recipe's gradient window and first
+block are scaled with it (``scaled_to``: 8 and 4 of 12 frames are 4 and 2 of 6).
+
 A run whose ``RESULTS/<run>/metrics.json`` exists is done; an interrupted training resumes from its
 ``OUT/runs/<run>/version_0/checkpoints/last.ckpt``. So the study runs in parts (run the same command again), and a
 part whose working files are lost loses only its runs in flight. Trainings go ``--jobs`` at a time, each on one
@@ -127,7 +130,8 @@ class Study:
                                             "seed": seed, "bank_size": self.args.bank_size}})
         trainer["callbacks"] = callbacks
         init = cfg["model"]["init_args"]
-        init.update(seed=seed, num_frames=self.num_frames, **model)
+        init.update(scaled_to(init, self.num_frames), seed=seed, num_frames=self.num_frames)
+        init.update(model)
         gan = any(o["class_path"].endswith(".GAN") for o in init["objectives"])
         for objective in init["objectives"]:
             args = objective.setdefault("init_args", {})
@@ -228,6 +232,14 @@ class Study:
                   "settings over it."]
         (report / "commands.md").write_text("\n".join(lines) + "\n")
         print(f"Report: {report / 'report.md'}, {report / 'curves.png'}")
+
+
+def scaled_to(init: dict, num_frames: int) -> dict:
+    """The recipe's frame counts (gradient window, first block) scaled from its ``num_frames`` to the study's:
+    e.g. a window of 8 of 12 frames is 4 of 6, a first block of 4 of 12 is 2 of 6 (at least 1 frame)."""
+    ratio = num_frames / init["num_frames"]
+    return {key: max(1, round(init[key] * ratio)) for key in ("gradient_window_frames", "first_block_size")
+            if init.get(key) is not None and ratio != 1}
 
 
 def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict:

@@ -69,6 +69,19 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == str(tmp_path / "toy6")
 
 
+@pytest.mark.parametrize("method, window, first", [("of_framewise_1step", 4, None), ("of_framewise_1step_ffe", 4, 2),
+                                                   ("of_chunkwise_1step", None, None), ("of_chunkwise_1step_ffe", None, 3)])
+def test_frame_counts_are_scaled_to_the_data_length(toy_study, tmp_path, monkeypatch, method, window, first):
+    """A 12-frame recipe's window of 8 and first block of 4 become 4 and 2 on 6-frame data (the module refuses a
+    window longer than the video); a method's own first block (3 frames: one chunk) is kept."""
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path))
+    init = yaml.safe_load(study.config_of(method, 0, Path("ode.safetensors")).read_text())["model"]["init_args"]
+    assert (init["gradient_window_frames"], init.get("first_block_size")) == (window, first)
+    assert toy_study.scaled_to({"num_frames": 12, "gradient_window_frames": 8, "first_block_size": 1}, 12) == {}
+    assert toy_study.scaled_to({"num_frames": 12, "gradient_window_frames": 1}, 3) == {"gradient_window_frames": 1}
+
+
 def test_the_shared_gan_pass_changes_the_one_forcing_runs_only(toy_study, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     study = toy_study.Study(study_args(toy_study, tmp_path, "--shared-gan-pass"))
