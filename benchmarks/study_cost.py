@@ -4,9 +4,8 @@ Each method's config is the one ``scripts/toy_study.py`` writes (the recipe, the
 w = 1, the critic from the neural teacher, batch 4), trained ``--iterations`` iterations through ``oneforcing fit``,
 ``--jobs`` runs at a time on one thread each (the study's conditions: the numbers include the other job's
 contention). The generator starts from the neural teacher's weights instead of the ODE init (the time of an
-iteration does not depend on the weights). Timed: the mean of the iterations after ``--warmup`` but the last, and
-the last one's excess over it: the ``ToyEvaluation`` pass it ran (the in-training evaluation, every 100 iterations
-in the study). Projected: the study's
+iteration does not depend on the weights). Timed: the mean of the iterations after ``--warmup``, and the ``ToyEvaluation`` pass at the end of
+training (the in-training evaluation, every 100 iterations in the study). Projected: the study's
 student stage in CPU-hours and in wall-clock hours at ``--jobs`` jobs.
 
     python benchmarks/study_cost.py [--iterations 12] [--jobs 2] [--data data/toy6] [--shared-gan-pass]
@@ -42,11 +41,12 @@ class StudyProbe(L.Callback):
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.times.append(time.perf_counter() - self.start)
+        self.end = time.perf_counter()
+        self.times.append(self.end - self.start)
 
-    def on_train_end(self, trainer, pl_module):
+    def on_train_end(self, trainer, pl_module):  # after ToyEvaluation's end-of-training evaluation
         with open(self.out, "w") as f:
-            json.dump({"times": self.times}, f)
+            json.dump({"times": self.times, "evaluation": time.perf_counter() - self.end}, f)
 '''
 
 
@@ -105,10 +105,9 @@ def main() -> None:
             list(pool.map(run, configs))
         rows = {}
         for method in configs:
-            times = json.loads((root / f"{method}.json").read_text())["times"]
-            timed = times[args.warmup:-1]  # the last iteration also ran the ToyEvaluation pass
-            mean = sum(timed) / len(timed)
-            rows[method] = {"iteration": mean, "evaluation": times[-1] - mean}
+            probe = json.loads((root / f"{method}.json").read_text())
+            timed = probe["times"][args.warmup:]
+            rows[method] = {"iteration": sum(timed) / len(timed), "evaluation": probe["evaluation"]}
     print("| run | s / iteration | s / in-training evaluation |")
     print("|---|---|---|")
     for method, r in rows.items():
