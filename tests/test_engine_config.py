@@ -173,6 +173,28 @@ def test_a_deepspeed_engine_config_carries_the_role_clip_and_the_zero_settings()
     assert "offload_param" not in DeepSpeedStrategy(stage=2).engine_config(role)["zero_optimization"]
 
 
+def test_a_frozen_role_engine_has_the_zero_settings_and_no_optimizer_entries():
+    strategy = DeepSpeedStrategy(stage=3, offload_optimizer=True, offload_params=True, bf16=True,
+                                 config={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+    config = strategy.frozen_config(bf16=False)  # the EMA's: fp32 under bf16 engines
+    assert config["bf16"] == {"enabled": False} and strategy.frozen_config(bf16=True)["bf16"] == {"enabled": True}
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0  # partitioned as the generator
+    assert zero["offload_param"]["device"] == "cpu" and "offload_optimizer" not in zero
+    assert "gradient_clipping" not in config and "zero_allow_untested_optimizer" not in config
+
+
+def test_frozen_roles_are_the_wan_teacher_and_the_fp32_ema():
+    module = one_forcing_module()
+    roles = {role.prefix: role for role in module.frozen_roles()}
+    assert sorted(roles) == ["generator_ema.", "teacher."]
+    assert roles["teacher."].module is module.teacher and not roles["teacher."].fp32
+    assert roles["generator_ema."].module is module.generator_ema and roles["generator_ema."].fp32
+    names = dict(module.named_parameters())
+    for prefix, role in roles.items():
+        assert all(names[prefix + key] is p for key, p in role.module.named_parameters())
+
+
 def test_engine_roles_are_the_optimizers_roles_in_their_order():
     module = one_forcing_module()
     generator, critic = module.engine_roles()

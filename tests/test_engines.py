@@ -75,12 +75,37 @@ class Fault(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.kind == "between" and trainer.global_step == self.step - 1:
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class Layout(L.Callback):
+    """Writes, per rank, each role's parameter elements and the elements this rank holds of them (a ZeRO-3
+    partition and any whole tensor beside it; an FSDP2 shard) to `<log_dir>/layout_rank<r>.json` at the start."""
+
+    def on_train_start(self, trainer, pl_module):
+        import json
+        from torch.distributed.tensor import DTensor
+
+        def held(p):
+            if hasattr(p, "ds_id"):
+                return p.ds_tensor.numel() + p.data.numel()
+            return p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+
+        layout = {}
+        for name in ("generator", "generator_ema", "critic", "teacher"):
+            params = list(getattr(pl_module, name).parameters())
+            layout[name] = {"total": sum(p.ds_numel if hasattr(p, "ds_id") else p.numel() for p in params),
+                            "held": sum(held(p) for p in params), "tensors": len(params),
+                            "partitioned": all(hasattr(p, "ds_id") for p in params)}
+        with open(os.path.join(trainer.log_dir, f"layout_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(layout, f)
 '''
 
 
 def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_steps: int = 3,
-           checkpoint_every: int | None = None, fault: tuple[str, int] | None = None, **model_overrides) -> Path:
-    """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml``."""
+           checkpoint_every: int | None = None, fault: tuple[str, int] | None = None, layout: bool = False,
+           **model_overrides) -> Path:
+    """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml`` (``layout``: each rank writes
+    what it holds of each role's parameters, ``faults.Layout``)."""
     recipe = yaml.safe_load(config.read_text())
     trainer, model = recipe["trainer"], recipe["model"]["init_args"]
     trainer.update(accelerator="cpu", devices=2, strategy=strategy, max_steps=max_steps, val_check_interval=max_steps,
@@ -96,6 +121,8 @@ def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_
         callbacks.append(callback)
     if fault:
         callbacks.append({"class_path": "faults.Fault", "init_args": {"kind": fault[0], "step": fault[1]}})
+    if layout:
+        callbacks.append({"class_path": "faults.Layout"})
     trainer["callbacks"] = callbacks
     deep = config.stem.startswith("one_forcing")  # the GAN pools critic blocks 4 and 5
     model.update(backbone={**(model.get("backbone") or {}), **TINY_BACKBONE, "num_layers": 6 if deep else 2},

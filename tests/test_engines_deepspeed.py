@@ -8,6 +8,7 @@ the subprocess's PYTHONPATH.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -22,15 +23,22 @@ from test_engines import ONE_FORCING, RECIPES, SCHEDULE, fit, scalars, shrunk
 pytestmark = pytest.mark.slow
 
 
+# ZeRO-3 with every parameter partitioned, as a Wan model's matrices are (at DeepSpeed's default persistence
+# threshold of 1e5 elements every tiny test parameter stays whole on every rank beside its partition)
+ZERO3_P0 = {"class_path": "oneforcing.engines.deepspeed.DeepSpeedStrategy",
+            "init_args": {"stage": 3, "config": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}}
+
+
 @pytest.fixture(scope="module")
 def deepspeed_runs(recipe_inputs, tmp_path_factory) -> dict:
-    """One-Forcing (DMD + GAN: generator and critic engines, EMA and teacher outside) 4 iterations under DDP,
-    ZeRO-2 and ZeRO-3."""
+    """One-Forcing (DMD + GAN: generator and critic engines; the teacher and the EMA replicated under ZeRO-2,
+    partitioned under ZeRO-3) 4 iterations under DDP, ZeRO-2, ZeRO-3 and ZeRO-3 with every parameter partitioned."""
     out = tmp_path_factory.mktemp("deepspeed")
     runs = {}
-    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("zero2", "zero2"), ("zero3", "zero3")):
+    for engine, strategy in (("ddp", "ddp_find_unused_parameters_true"), ("zero2", "zero2"), ("zero3", "zero3"),
+                             ("zero3_p0", ZERO3_P0)):
         config = shrunk(ONE_FORCING, recipe_inputs, out, engine, strategy, max_steps=4, checkpoint_every=2,
-                        **SCHEDULE)
+                        layout=engine.startswith("zero"), **SCHEDULE)
         result = fit(config, out)
         assert result.returncode == 0, describe(result)
         runs[engine] = out / engine / "version_0"
@@ -38,7 +46,7 @@ def deepspeed_runs(recipe_inputs, tmp_path_factory) -> dict:
     return runs
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_p0"])
 def test_deepspeed_logs_the_losses_of_ddp(stage, deepspeed_runs):
     ddp, zero = scalars(deepspeed_runs["ddp"]), scalars(deepspeed_runs[stage])
     losses = [t for t in ddp if t.startswith(("generator/", "critic/"))]
@@ -49,13 +57,33 @@ def test_deepspeed_logs_the_losses_of_ddp(stage, deepspeed_runs):
             assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (tag, a, b)
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_p0"])
 def test_deepspeed_exports_every_key_of_ddp_with_the_same_weights(stage, deepspeed_runs):
+    """The export is the EMA (from iteration 0): under ZeRO-3 updated partition by partition, as DDP's whole."""
     ddp = load_file(deepspeed_runs["ddp"] / "weights.safetensors")
     zero = load_file(deepspeed_runs[stage] / "weights.safetensors")
     assert sorted(zero) == sorted(ddp)
     worst = max(float((zero[k].float() - ddp[k].float()).abs().max()) for k in ddp)
     assert worst < 1e-5, worst
+
+
+def layouts(run) -> list[dict]:
+    return [json.loads((run / f"layout_rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_zero3_partitions_the_teacher_and_the_ema_as_the_trained_roles(deepspeed_runs):
+    """Every role, the frozen teacher and EMA too, holds half its elements per rank (plus at most one element of
+    padding per tensor) when every parameter is partitioned; ZeRO-2 keeps the frozen roles whole on every rank."""
+    for layout in layouts(deepspeed_runs["zero3_p0"]):
+        for role in ("generator", "generator_ema", "critic", "teacher"):
+            sizes = layout[role]
+            assert sizes["partitioned"], role
+            assert sizes["total"] / 2 <= sizes["held"] <= sizes["total"] / 2 + sizes["tensors"], (role, sizes)
+    for layout in layouts(deepspeed_runs["zero3"]):  # the default threshold: partitioned, every tiny tensor whole too
+        assert layout["teacher"]["partitioned"] and layout["generator_ema"]["partitioned"]
+    for layout in layouts(deepspeed_runs["zero2"]):
+        for role in ("generator_ema", "teacher"):
+            assert not layout[role]["partitioned"] and layout[role]["held"] == layout[role]["total"], role
 
 
 def test_a_deepspeed_checkpoint_is_a_folder_that_loads_whole_for_sampling_and_export(deepspeed_runs, tmp_path):

@@ -123,9 +123,17 @@ def test_state_rules_in_closed_form():
     zero2 = state_bytes(roles(), teacher, ema, EngineSettings("zero2", 2, reduce_bucket_size=10))
     assert zero2 == {"parameters": 4 * 2200, "teacher": 4000, "ema": 4000, "gradients": 4 * 1100 // 2,
                      "optimizer": 12 * 2100 // 2, "buffers": 2 * 4 * 10}
-    zero3 = state_bytes(roles(), teacher, ema, EngineSettings("zero3", 2, reduce_bucket_size=10))
-    assert zero3 == {"parameters": 4 * (2000 // 2 + 200), "teacher": 4000, "ema": 4000, "gradients": 4 * 2100 // 2,
-                     "optimizer": 12 * 2100 // 2, "buffers": 2 * 4 * 10 + 4 * 2000}
+    zero3 = state_bytes(roles(), teacher, ema, EngineSettings("zero3", 2, reduce_bucket_size=10), ema_persistent=200)
+    # an exact teacher's tables (no teacher sizes) stay whole; the EMA is partitioned as the generator
+    assert zero3 == {"parameters": 4 * (2000 // 2 + 200), "teacher": 4000, "ema": 4 * (800 // 2 + 200),
+                     "gradients": 4 * 2100 // 2, "optimizer": 12 * 2100 // 2, "buffers": 2 * 4 * 10 + 4 * 2000}
+    wan_teacher = RoleSizes("teacher", params=1000, trainable=0, persistent=100)
+    zero3_bf16 = state_bytes(roles(), teacher, ema, EngineSettings("zero3", 2, param_bytes=2, reduce_bucket_size=10),
+                             teacher=wan_teacher, ema_persistent=200)
+    # a Wan teacher partitioned in the engines' precision, and gathered while it computes; the EMA stays fp32
+    assert zero3_bf16 == {"parameters": 2 * (2000 // 2 + 200), "teacher": 2 * (900 // 2 + 100),
+                          "ema": 4 * (800 // 2 + 200), "gradients": 4 * 2100 // 2, "optimizer": 12 * 2100 // 2,
+                          "buffers": 2 * 4 * 10 + 2 * (2000 + 900)}
     overlapped = state_bytes(roles(), teacher, ema, EngineSettings("zero2", 2, reduce_bucket_size=10, overlap_comm=True))
     assert overlapped["buffers"] == 2 * 2 * 4 * 10  # double buffers
     assert state_bytes(roles(), 0, 0, EngineSettings("zero3", 2))["buffers"] >= 2 * 4 * DEEPSPEED_REDUCE_BUCKET

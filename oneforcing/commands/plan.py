@@ -177,7 +177,10 @@ def plan_module(module: DistillationModule, engine: EngineSettings, batch_size: 
         units = module.critic.shard_units() + [u for o in heads for u in o.shard_units()]
         roles.append(RoleSizes.of("critic", [module.critic, *heads], units, engine.persistence_threshold))
     ema = sum(p.numel() for p in module.generator_ema.parameters()) if module.generator_ema is not None else 0
-    states = state_bytes(roles, teacher, ema, engine)
+    wan_teacher = (RoleSizes.of("teacher", [module.teacher], persistence_threshold=engine.persistence_threshold)
+                   if isinstance(module.teacher, WanBackbone) else None)
+    states = state_bytes(roles, teacher, ema, engine, teacher=wan_teacher,
+                         ema_persistent=roles[0].persistent if module.generator_ema is not None else 0)
     micro = batch_size // hp.micro_batches
     plain = activation_peaks(module, micro)
     for role in (module.generator, module.critic):

@@ -3,7 +3,10 @@
 Lightning's own ``DeepSpeedStrategy`` holds one engine and one optimizer and refuses the CPU, so it cannot train a
 generator and a critic. This strategy builds one ``deepspeed.initialize`` engine per optimizer the module
 configures (the generator's; the critic's with the objectives' parameters that train beside it), from the same
-ZeRO settings, and leaves the frozen roles (the teacher, the generator's EMA) outside the engines, replicated.
+ZeRO settings. The frozen roles (a Wan teacher, the generator's EMA: ``frozen_roles()``) are replicated under
+ZeRO-1/2; under ZeRO-3 each is partitioned too, by an inference-only engine (no optimizer: DeepSpeed's parameter
+partitioning and its gather-on-forward hooks), the teacher in the engines' precision, the EMA in fp32 (its
+average would round away in bf16) and partitioned exactly as the generator is, so that its update is local.
 
 The module's code is that of DDP: its forward calls go to the role modules (their ZeRO hooks gather partitioned
 parameters), ``manual_backward`` runs the backward of the engine whose role trains in that step (the other role
@@ -36,6 +39,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from oneforcing.engines.fsdp2 import remove_path, swap_in, write_failure
+from oneforcing.models.sharded import full_state_dict
 
 ENGINE_TAG = "state"  # each engine saves into its own folder under this tag (no shared `latest` file)
 TRAINER_FILE = "trainer.pt"
@@ -52,6 +56,16 @@ class EngineRole:
     max_grad_norm: float
     prefixes: tuple[str, ...]
     micro_batches: int = 1  # backwards accumulated before each step (the module's gradient accumulation)
+
+
+@dataclass
+class FrozenRole:
+    """A frozen role with parameters (no optimizer), as ZeRO-3 partitions it: its state-dict prefix in the
+    LightningModule, the module, and whether it stays fp32 under DeepSpeed's bf16 mode (an EMA's average)."""
+
+    prefix: str
+    module: nn.Module
+    fp32: bool = False
 
 
 class DeepSpeedStrategy(DDPStrategy):
@@ -91,6 +105,7 @@ class DeepSpeedStrategy(DDPStrategy):
         self.stage, self.offload_optimizer, self.offload_params = stage, offload_optimizer, offload_params
         self.bf16, self.extra_config = bf16, dict(config or {})
         self.engines: dict[str, Any] = {}  # role name -> DeepSpeedEngine
+        self.frozen_engines: dict[str, Any] = {}  # state-dict prefix of a ZeRO-3 partitioned frozen role -> engine
         self._roles: list[EngineRole] = []
         self._pending: set[str] = set()  # engines with a backward since their last step
 
@@ -140,24 +155,48 @@ class DeepSpeedStrategy(DDPStrategy):
             engines[role.name] = engine
             optimizers.append(ds_optimizer)
         self.engines, self._roles, self.optimizers = engines, roles, optimizers
+        if self.stage == 3 and hasattr(module, "frozen_roles"):
+            for frozen in module.frozen_roles():  # partitioned, no optimizer
+                engine, *_ = deepspeed.initialize(model=frozen.module, dist_init_required=False,
+                                                  config=self.frozen_config(bf16=self.bf16 and not frozen.fp32))
+                self.frozen_engines[frozen.prefix] = engine
 
-    def engine_config(self, role: EngineRole) -> dict:
-        """The DeepSpeed config of one role's engine."""
+    def _base_config(self, bf16: bool) -> dict:
         zero: dict[str, Any] = {"stage": self.stage}
         if self.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if self.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-        config = {
+        return {
             "train_micro_batch_size_per_gpu": 1,  # only reported: DeepSpeed's data loader is not used
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": role.max_grad_norm,
             "zero_optimization": zero,
-            "bf16": {"enabled": self.bf16},
-            "zero_allow_untested_optimizer": True,  # the module's torch AdamW (DeepSpeed's own needs a compiled op)
+            "bf16": {"enabled": bf16},
             "steps_per_print": 2**62,
             "wall_clock_breakdown": False,
         }
+
+    def _merged(self, config: dict) -> dict:
+        for key, value in self.extra_config.items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) \
+                else value
+        return config
+
+    def frozen_config(self, bf16: bool) -> dict:
+        """The DeepSpeed config of a frozen role's inference-only ZeRO-3 engine (the trainable engines' ZeRO
+        settings, so that an EMA is partitioned as its generator is)."""
+        config = self._base_config(bf16)
+        config["zero_optimization"].pop("offload_optimizer", None)
+        return self._merged(config)
+
+    def engine_config(self, role: EngineRole) -> dict:
+        """The DeepSpeed config of one role's engine."""
+        config = self._base_config(self.bf16)
+        zero = config["zero_optimization"]
+        config.update({
+            "gradient_clipping": role.max_grad_norm,
+            "zero_allow_untested_optimizer": True,  # the module's torch AdamW (DeepSpeed's own needs a compiled op)
+        })
         if role.micro_batches > 1:
             # several backwards, then one step: the caller owns the boundary (DeepSpeed's managed accumulation
             # counts micro-steps through step() and, with gradient_accumulation_steps 1, keeps only the last
@@ -165,10 +204,7 @@ class DeepSpeedStrategy(DDPStrategy):
             config["managed_gradient_accumulation"] = False
             if self.stage == 3:
                 zero["overlap_comm"] = False
-        for key, value in self.extra_config.items():
-            config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) \
-                else value
-        return config
+        return self._merged(config)
 
     # --- backward and step ------------------------------------------------------------------------------
     def engine_of(self, optimizer) -> Any:
@@ -228,9 +264,13 @@ class DeepSpeedStrategy(DDPStrategy):
         return {name for name, p in self.lightning_module.named_parameters(remove_duplicate=False) if id(p) in owned}
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
-        """The module's state outside the engines (the EMA, the teacher, buffers); the engines save their own."""
+        """The module's state outside the trainable engines (the EMA, the teacher, buffers), whole: a partitioned
+        frozen role is gathered (a collective: every rank calls this); the trainable engines save their own."""
         owned = self._engine_parameter_names()
-        return {k: v for k, v in self.lightning_module.state_dict().items() if k not in owned}
+        state = {k: v for k, v in self.lightning_module.state_dict().items() if k not in owned}
+        for prefix, engine in self.frozen_engines.items():
+            state.update({prefix + k: v for k, v in full_state_dict(engine.module).items()})
+        return state
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
         """Every engine into ``<path>.partial/<role>``, rank 0 the rest into ``trainer.pt``, then the swap."""
@@ -283,9 +323,18 @@ class DeepSpeedStrategy(DDPStrategy):
         return checkpoint
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
-        """The module's state outside the engines (the engines loaded theirs in ``load_checkpoint``)."""
-        result = self.lightning_module.load_state_dict(checkpoint["state_dict"], strict=False)
-        missing = set(result.missing_keys) - self._engine_parameter_names()
+        """The module's state outside the engines (the engines loaded theirs in ``load_checkpoint``); a partitioned
+        frozen role is loaded whole on rank 0 and partitioned from there (a collective)."""
+        import deepspeed
+
+        state = dict(checkpoint["state_dict"])
+        for prefix, engine in self.frozen_engines.items():
+            own = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+                engine.module.load_state_dict(own, strict=strict)
+        result = self.lightning_module.load_state_dict(state, strict=False)
+        frozen = {k for k in result.missing_keys if any(k.startswith(prefix) for prefix in self.frozen_engines)}
+        missing = set(result.missing_keys) - self._engine_parameter_names() - frozen
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"The checkpoint does not fit the module: missing {sorted(missing)[:5]}, unexpected "
                                f"{sorted(result.unexpected_keys)[:5]}.")

@@ -13,11 +13,13 @@ Two parts, added:
          units gathered at a time         other role's too and drops them)
   zero2  whole (teacher, EMA outside)     the stepping role's, 1/N; one reduce    2 states + an fp32 master copy,
                                           bucket per engine                       1/N
-  zero3  1/N, except parameters of at     the trainable roles', 1/N (a flat       2 states + an fp32 master copy,
-         most ``persistence_threshold``   buffer per engine); one reduce bucket   1/N
-         elements (whole on every rank);  per engine
-         the roles' parameters gathered
-         while they compute
+  zero3  1/N (a Wan teacher and the EMA   the trainable roles', 1/N (a flat       2 states + an fp32 master copy,
+         too, in inference-only engines), buffer per engine); one reduce bucket   1/N
+         except parameters of at most     per engine
+         ``persistence_threshold``
+         elements (whole on every rank);
+         the roles and the teacher
+         gathered while they compute
   ====== ================================ ======================================= ================================
 
   DeepSpeed's reduce buckets are ``reduce_bucket_size`` elements (5e8 by default: 2 GB in fp32 per engine, whatever
@@ -186,10 +188,13 @@ class EngineSettings:
             raise ValueError(f"devices={self.devices} must be >= 1")
 
 
-def state_bytes(trainable: list[RoleSizes], teacher_bytes: int, ema: int, engine: EngineSettings) -> dict[str, int]:
+def state_bytes(trainable: list[RoleSizes], teacher_bytes: int, ema: int, engine: EngineSettings,
+                teacher: RoleSizes | None = None, ema_persistent: int = 0) -> dict[str, int]:
     """Per-rank bytes of parameters, the frozen teacher, the EMA, gradients, optimizer state and engine buffers,
     for the trainable roles (generator; critic with its heads), a teacher of ``teacher_bytes`` whole and an EMA of
-    ``ema`` elements. The rules are the table of the module docstring."""
+    ``ema`` elements (``ema_persistent`` of them in tensors ZeRO-3 keeps whole). ``teacher``: the sizes of a teacher
+    with parameters (a Wan teacher), which ZeRO-3 partitions in the engines' precision; an exact teacher's tables
+    (None) stay whole. The rules are the table of the module docstring."""
     n, kind, pb = engine.devices, engine.kind, engine.param_bytes
     params = sum(r.params for r in trainable)
     train = sum(r.trainable for r in trainable)
@@ -213,8 +218,13 @@ def state_bytes(trainable: list[RoleSizes], teacher_bytes: int, ema: int, engine
         else:
             persistent = sum(r.persistent for r in trainable)
             partitioned = pb * ((params - persistent) / n + persistent)
+            gathered = params - persistent  # the roles gathered while they compute
             out.update(parameters=partitioned, gradients=FP32 * train / n,
-                       buffers=buckets + pb * (params - persistent))  # the roles gathered while they compute
+                       ema=FP32 * ((ema - ema_persistent) / n + ema_persistent))
+            if teacher is not None:
+                out["teacher"] = pb * ((teacher.params - teacher.persistent) / n + teacher.persistent)
+                gathered += teacher.params - teacher.persistent
+            out["buffers"] = buckets + pb * gathered
     return {k: int(math.ceil(v)) for k, v in out.items()}
 
 

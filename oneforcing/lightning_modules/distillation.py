@@ -17,6 +17,7 @@ iteration and the EMA, so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -33,8 +34,9 @@ from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.engines.deepspeed import DeepSpeedStrategy, EngineRole
-from oneforcing.models.sharded import full_state_dict, full_tensor, gathered, is_fsdp2, local_tensor, reshard
+from oneforcing.engines.deepspeed import DeepSpeedStrategy, EngineRole, FrozenRole
+from oneforcing.models.sharded import (full_state_dict, full_tensor, gathered, is_fsdp2, is_partitioned,
+                                       aligned_parts, reshard)
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -312,6 +314,16 @@ class DistillationModule(L.LightningModule):
         prefixes = ("critic.", *(f"objectives.{i}." for i, _ in shared))
         module = self.critic if len(modules) == 1 else nn.ModuleList(modules)
         return roles + [EngineRole("critic", module, hp.critic_grad_clip, prefixes, hp.micro_batches)]
+
+    def frozen_roles(self) -> list[FrozenRole]:
+        """The frozen roles with parameters, which DeepSpeed ZeRO-3 partitions beside the engines: a Wan teacher
+        and the generator's EMA (kept fp32)."""
+        roles = []
+        if isinstance(self.teacher, WanBackbone):
+            roles.append(FrozenRole("teacher.", self.teacher))
+        if self.generator_ema is not None:
+            roles.append(FrozenRole("generator_ema.", self.generator_ema, fp32=True))
+        return roles
 
     @property
     def generator_objectives(self) -> list[Objective]:
@@ -612,10 +624,13 @@ class DistillationModule(L.LightningModule):
         if self.generator_ema is None or iteration < hp.ema_start:
             return
         reshard(self.generator_ema), reshard(self.generator)  # FSDP2: update the shards, not gathered copies
-        # under FSDP2 both are sharded alike: the update is local to each rank's shards (no communication)
-        # under ZeRO-3 the EMA is a replica and the generator's partitions are gathered for the update
-        with gathered(self.generator):
-            ema, live = ([local_tensor(p) for p in role.parameters()] for role in (self.generator_ema, self.generator))
+        # FSDP2 shards and ZeRO-3 partitions both roles alike: the update is local to each rank's part (no
+        # communication); a replicated EMA of a ZeRO-3 generator (no DeepSpeed engine for it) gathers the generator
+        local = is_partitioned(self.generator_ema) or not is_partitioned(self.generator)
+        with contextlib.nullcontext() if local else gathered(self.generator):
+            ema, live = (aligned_parts(self.generator_ema, self.generator) if local
+                         else (list(self.generator_ema.parameters()), list(self.generator.parameters())))
+            live = [t.to(e.dtype) for e, t in zip(ema, live, strict=True)]  # a bf16 generator, an fp32 EMA
             if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
                 torch._foreach_copy_(ema, live)
                 self.ema_initialised.fill_(True)

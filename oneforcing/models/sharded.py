@@ -49,6 +49,22 @@ def local_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.to_local() if isinstance(value, DTensor) else value
 
 
+def aligned_parts(target: nn.Module, source: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's parts of two modules sharded alike, paired for in-place updates of ``target`` from ``source``
+    without communication (an EMA's): FSDP2 shards; ZeRO-3 partitions (``ds_tensor``), and the whole tensors where
+    ``target`` holds one (a parameter ZeRO-3 keeps whole after its first use, below its persistence threshold),
+    so that both stay equal; else the parameters."""
+    targets, sources = [], []
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        if hasattr(t, "ds_id"):
+            targets.append(t.ds_tensor), sources.append(s.ds_tensor)
+            if t.data.numel() == t.ds_numel:  # gathered: the source, persistent alike, is whole after its step
+                targets.append(t.data), sources.append(s.data)
+        else:
+            targets.append(local_tensor(t)), sources.append(local_tensor(s))
+    return targets, sources
+
+
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` with whole tensors on the CPU; a collective when the module is sharded."""
     if is_partitioned(module):
