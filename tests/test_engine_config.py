@@ -211,8 +211,11 @@ def test_engine_roles_are_the_optimizers_roles_in_their_order():
 
 
 def test_deepspeed_refuses_a_head_with_its_own_optimizer():
-    with pytest.raises(ValueError, match=r"\['GAN'\] train their parameters with their own optimizer settings.*head_lr"):
+    with pytest.raises(ValueError) as error:
         one_forcing_module(head_lr=1e-4).engine_roles()
+    assert str(error.value) == ("['GAN'] train their parameters with their own optimizer settings, which DeepSpeed's "
+                                "one engine per role cannot step beside the critic's; unset them (e.g. the GAN's "
+                                "head_lr) so that they train with the critic's optimizer, or use strategy ddp / fsdp2.")
 
 
 def test_the_deepspeed_strategy_needs_a_module_with_engine_roles():
@@ -222,3 +225,29 @@ def test_the_deepspeed_strategy_needs_a_module_with_engine_roles():
     strategy._lightning_module = L.LightningModule()
     with pytest.raises(TypeError, match="engine_roles\\(\\); LightningModule has none. Use strategy 'ddp'"):
         strategy.setup(trainer=None)
+
+
+def test_every_engine_role_carries_its_prefix_and_the_module_s_micro_batches():
+    module = DistillationModule([DMD()], backbone=dict(TINY_BACKBONE, in_channels=12, out_channels=12, text_dim=46),
+                                teacher_weights="unused", num_frames=4, frame_size=16, micro_batches=2)
+    module.generator = CausalWanBackbone(module.backbone_config)
+    module.critic, module.teacher = WanBackbone(module.backbone_config), WanBackbone(module.teacher_config)
+    generator, critic = module.engine_roles()
+    assert generator.prefixes == ("generator.",) and generator.micro_batches == 2
+    # DMD alone: no head beside the critic, so the critic's engine holds the critic itself
+    assert critic.module is module.critic and critic.prefixes == ("critic.",) and critic.micro_batches == 2
+    roles = one_forcing_module().engine_roles()
+    assert [r.micro_batches for r in roles] == [1, 1]
+
+
+def test_an_exact_teacher_is_neither_sharded_nor_partitioned():
+    """Its bank and tables are buffers, not parameters: no FSDP unit, no ZeRO-3 engine; the EMA still is one."""
+    from oneforcing.models.exact_teacher import ExactTeacher
+
+    module = one_forcing_module()
+    wan_units = len(module.shard_units())
+    embeddings = torch.zeros(2, 2, 3)
+    embeddings[0, 0, 0] = embeddings[1, 1, 2] = 1.0  # two distinct captions, neither the unconditional zeros
+    module.teacher = ExactTeacher(torch.zeros(3, 3, 2, 2, 2), torch.tensor([1, 0, 0]), embeddings, torch.zeros(2, 3))
+    assert len(module.shard_units()) == wan_units - len(WanBackbone(module.teacher_config).shard_units())
+    assert [role.prefix for role in module.frozen_roles()] == ["generator_ema."]

@@ -137,3 +137,66 @@ def test_a_different_cached_negative_prompt_is_warned_about_only_when_a_teacher_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert student_only._adopt_cached_prompts(CachedSplit(("red circle", embedding)), {"members": []}) == []
+
+
+def test_an_index_without_members_has_no_cached_embeddings_to_check(teacher_file):
+    module = toy_module(teacher_file)
+    assert module._adopt_cached_prompts(CachedSplit(None), {"context_length": 1, "context_dim": 1}) == []
+
+
+def test_a_cached_negative_prompt_of_exactly_the_encoder_length_is_taken(teacher_file):
+    module = toy_module(teacher_file)
+    length, dim = module.text_encoder.context_length, module.backbone_config.text_dim
+    embedding = torch.randn(length, dim)
+    assert module._adopt_cached_prompts(CachedSplit(("", embedding)), {"members": []}) == []
+    assert torch.equal(module._negative_embedding, embedding[None])
+
+
+def test_the_negative_prompt_warning_names_both_texts_cut_at_40_characters(teacher_file):
+    cached = "c" * 39 + "Xtail of the cached text"
+    configured = "a large red circle moving right slowly and a small blue square"  # toy words, 62 characters
+    module = toy_module(teacher_file, negative_prompt=configured)
+    embedding = torch.randn(2, module.backbone_config.text_dim)
+    with pytest.warns(UserWarning) as warned:
+        module._adopt_cached_prompts(CachedSplit((cached, embedding)), {"members": []})
+    assert str(warned[0].message) == (
+        f"The training data cache the negative prompt {cached[:40]!r}... but model.init_args.negative_prompt is "
+        f"{configured[:40]!r}...: the text encoder encodes it for the teacher's CFG. Set negative_prompt to the "
+        "cached text, or re-run `oneforcing data prompts / encode --negative-prompt`.")
+
+
+def test_micro_batches_share_the_step_s_draws_and_a_skipped_step_has_no_backward(teacher_file):
+    """The exit steps drawn for the first micro-batch are the list every later one reads; when every micro-batch's
+    loss is non-finite no backward runs (no gradient norm is logged, no EMA update follows)."""
+    module = toy_module(teacher_file)
+    seen = []
+
+    def step_loss(side, batch, context, uncond, draws):
+        seen.append(draws)
+        draws.append((len(seen), None))  # what a roll-out would record
+        return torch.tensor(float("nan"), requires_grad=True), {"generator/loss": torch.tensor(2.0)}
+
+    module.step_loss = step_loss
+    with pytest.warns(UserWarning, match="Non-finite generator loss"):
+        backward, logs = module._accumulate([({}, None, None), ({}, None, None)], "generator")
+    assert backward is False and float(logs["generator/loss"]) == pytest.approx(2.0)
+    assert seen[0] is seen[1] and seen[0] == [(1, None), (2, None)]
+
+
+def test_a_checkpoint_without_a_trainer_holds_this_process_s_noise_state(teacher_file):
+    module = toy_module(teacher_file)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["oneforcing_module"] == "DistillationModule"
+    assert len(checkpoint["oneforcing_rng"]["rank"]) == 1
+    assert torch.equal(checkpoint["oneforcing_rng"]["rank"][0], module.rank_rng.get_state())
+    assert torch.equal(checkpoint["oneforcing_rng"]["shared"], module.shared_rng.get_state())
+
+
+def test_every_role_s_gradients_are_freed_after_its_step(teacher_file):
+    module = make_module(teacher_file, [DMD(guidance_scale=2.0), GAN(feature_layers=[1], num_registers=1,
+                                                                     head_ffn_dim=16, head_num_heads=2)],
+                         generator_update_every=1)
+    fit(module, 1)
+    for role in (module.generator, module.critic, *module.objectives):
+        assert all(p.grad is None for p in role.parameters())
