@@ -200,3 +200,17 @@ def test_every_role_s_gradients_are_freed_after_its_step(teacher_file):
     fit(module, 1)
     for role in (module.generator, module.critic, *module.objectives):
         assert all(p.grad is None for p in role.parameters())
+
+
+def test_a_critic_warmup_runs_critic_steps_only_before_the_first_generator_step(teacher_file):
+    module = make_module(teacher_file, [DMD(guidance_scale=2.0)], generator_update_every=1, critic_warmup=2)
+    logs = record_logs(module)
+    fit(module, 4)
+    assert [("generator/loss" in step, "critic/loss" in step) for step in logs] == \
+        [(False, True), (False, True), (True, True), (True, True)]
+
+
+def test_a_negative_critic_warmup_is_refused(teacher_file):
+    with pytest.raises(ValueError, match=r"critic_warmup=-1 must be >= 0 \(critic-only iterations before the first "
+                                         r"generator step\)"):
+        make_module(teacher_file, [DMD()], critic_warmup=-1)

@@ -5,7 +5,8 @@ Roles: ``generator`` (the causal student, trainable), ``teacher`` (frozen bidire
 ``configure_model``, one AdamW per trainable role, and runs manual optimisation (algorithm-notes §4.3):
 
     every iteration i:
-        if i % generator_update_every == 0:  generator step on Σ w·L_G (critic frozen), clip, step, EMA
+        if i % generator_update_every == 0 and i >= critic_warmup:
+            generator step on Σ w·L_G (critic frozen), clip, step, EMA
         critic step on Σ w·L_critic (fresh no-grad roll-out), clip, step
 
 Step budget: ``trainer.max_steps`` counts *iterations* (design §11). Lightning counts optimizer steps, so
@@ -93,6 +94,9 @@ class DistillationModule(L.LightningModule):
             (``oneforcing.models.text_encoders.WAN_NEGATIVE_PROMPT``); the toy uses "" (all-zero context).
         generator_lr, critic_lr, betas, weight_decay: AdamW of each trainable role.
         generator_update_every: one generator step per this many iterations (critic every iteration).
+        critic_warmup: iterations of critic steps only before the first generator step (0: none, as the references).
+            A critic initialised from a teacher models the data, not the generator's samples, so the first DMD
+            gradients carry its own error; the warm-up fits it to the generator's samples first.
         generator_grad_clip, critic_grad_clip: max gradient norms.
         ema_decay, ema_start: EMA of the generator, created at iteration ``ema_start`` (None: no EMA).
         seed: seeds the module's random generators.
@@ -136,6 +140,7 @@ class DistillationModule(L.LightningModule):
         betas: tuple[float, float] = (0.0, 0.999),
         weight_decay: float = 0.01,
         generator_update_every: int = 5,
+        critic_warmup: int = 0,
         generator_grad_clip: float = 10.0,
         critic_grad_clip: float = 10.0,
         ema_decay: float = 0.99,
@@ -201,6 +206,9 @@ class DistillationModule(L.LightningModule):
             problems.append("activation_checkpointing names 'critic', but no objective uses a critic")
         if hp.micro_batches < 1:
             problems.append(f"micro_batches={hp.micro_batches} must be >= 1 (1: no gradient accumulation)")
+        if hp.critic_warmup < 0:
+            problems.append(f"critic_warmup={hp.critic_warmup} must be >= 0 (critic-only iterations before the first "
+                            "generator step)")
         if hp.generator_update_every < 1:
             problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
                             "(one generator step per that many critic steps)")
@@ -542,7 +550,8 @@ class DistillationModule(L.LightningModule):
                           self.uncond_context(len(part["caption"])) if "teacher" in self.roles else None)
                          for part in self.micro_batches_of(batch)]
         self._reshard_roles()
-        generator_due = self.generator_objectives and (critic_opt is None or iteration % hp.generator_update_every == 0)
+        generator_due = self.generator_objectives and (
+            critic_opt is None or iteration % hp.generator_update_every == 0 and iteration >= hp.critic_warmup)
         if generator_due:
             self._freeze(self.critic, self.objectives)  # the generator step never updates the critic (or its heads)
             generator_opt.zero_grad(set_to_none=True)
