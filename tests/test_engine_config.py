@@ -155,6 +155,14 @@ def test_deepspeed_strategies_are_registered_by_name():
     (dict(config={"gradient_clipping": 1.0}), r"config\['gradient_clipping'\] is set by the module"),
     (dict(config={"train_batch_size": 8}), r"config\['train_batch_size'\] is set by the module"),
     (dict(config=[1]), "config must be a mapping"),
+    (dict(stage=3, config={"zero_optimization": {"zero_hpz_partition_size": 2}}),
+     r"config\['zero_optimization'\]\['zero_hpz_partition_size'\] = 2 is not supported: the EMA's partitions"),
+    (dict(stage=3, config={"zero_optimization": {"zero_quantized_nontrainable_weights": True}}),
+     r"\['zero_quantized_nontrainable_weights'\] = True is not supported.*unquantized partitions over all ranks"),
+    (dict(stage=3, config={"zero_optimization": {"zero_quantized_weights": True}}),
+     r"\['zero_quantized_weights'\] = True is not supported"),
+    (dict(stage=3, config={"zero_optimization": {"offload_param": {"device": "nvme"}}}),
+     r"offload_param'\] on nvme is not supported .*use offload_params: true \(CPU memory\)"),
 ])
 def test_deepspeed_refuses_settings_it_cannot_honour(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -104,13 +104,15 @@ def test_a_deepspeed_checkpoint_is_a_folder_that_loads_whole_for_sampling_and_ex
     assert sorted(load_file(tmp_path / "w.safetensors")) == sorted(exported)
 
 
-@pytest.mark.parametrize("kill", ["between", "write"])
-def test_a_killed_deepspeed_run_resumes_to_the_uninterrupted_weights(kill, deepspeed_runs, recipe_inputs):
+@pytest.mark.parametrize("kill, engine", [("between", "zero3"), ("write", "zero3"), ("between", "zero3_p0")])
+def test_a_killed_deepspeed_run_resumes_to_the_uninterrupted_weights(kill, engine, deepspeed_runs, recipe_inputs):
     """ZeRO-3, kill -9 of both ranks before iteration 3 (between the checkpoints of 2 and 4) or during the write of
     the checkpoint of iteration 4 (every engine written, not the trainer state); the resumed run reaches the
-    uninterrupted run's weights exactly."""
-    out, name = deepspeed_runs["out"], f"killed_{kill}"
-    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "zero3", max_steps=4, checkpoint_every=2,
+    uninterrupted run's weights exactly. With every parameter partitioned (zero3_p0) the EMA and the teacher are
+    saved gathered and loaded back into their partitions."""
+    out, name = deepspeed_runs["out"], f"killed_{kill}_{engine}"
+    strategy = ZERO3_P0 if engine == "zero3_p0" else "zero3"
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, strategy, max_steps=4, checkpoint_every=2,
                     fault=("between", 3) if kill == "between" else ("write", 4), **SCHEDULE)
     killed = fit(config, out)
     assert killed.returncode == -signal.SIGKILL, describe(killed)
@@ -119,12 +121,12 @@ def test_a_killed_deepspeed_run_resumes_to_the_uninterrupted_weights(kill, deeps
     assert torch.load(last / "trainer.pt", weights_only=True)["global_step"] == 2  # the previous one, intact
     if kill == "write":
         assert [p.name for p in checkpoints.glob("*.partial")] == ["epoch=1-step=4.ckpt.partial"]  # the killed write
-    config = shrunk(ONE_FORCING, recipe_inputs, out, name, "zero3", max_steps=4, checkpoint_every=2, **SCHEDULE)
+    config = shrunk(ONE_FORCING, recipe_inputs, out, name, strategy, max_steps=4, checkpoint_every=2, **SCHEDULE)
     resumed = fit(config, out, "--ckpt_path", str(last))
     assert resumed.returncode == 0, describe(resumed)
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     final = load_file(out / name / "version_1" / "weights.safetensors")
-    uninterrupted = load_file(deepspeed_runs["zero3"] / "weights.safetensors")
+    uninterrupted = load_file(deepspeed_runs[engine] / "weights.safetensors")
     assert sorted(final) == sorted(uninterrupted)
     assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
 

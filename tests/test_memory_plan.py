@@ -134,6 +134,9 @@ def test_state_rules_in_closed_form():
     assert zero3_bf16 == {"parameters": 2 * (2000 // 2 + 200), "teacher": 2 * (900 // 2 + 100),
                           "ema": 4 * (800 // 2 + 200), "gradients": 4 * 2100 // 2, "optimizer": 12 * 2100 // 2,
                           "buffers": 2 * 4 * 10 + 2 * (2000 + 900)}
+    capped = state_bytes(roles(), teacher, ema, EngineSettings("zero3", 2, param_bytes=2, reduce_bucket_size=10,
+                                                               max_live_parameters=1000), teacher=wan_teacher)
+    assert capped["buffers"] == 2 * 4 * 10 + 2 * 1000  # DeepSpeed keeps at most max_live_parameters gathered
     overlapped = state_bytes(roles(), teacher, ema, EngineSettings("zero2", 2, reduce_bucket_size=10, overlap_comm=True))
     assert overlapped["buffers"] == 2 * 2 * 4 * 10  # double buffers
     assert state_bytes(roles(), 0, 0, EngineSettings("zero3", 2))["buffers"] >= 2 * 4 * DEEPSPEED_REDUCE_BUCKET

@@ -72,7 +72,8 @@ class ExportWeights(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective (broadcast) under DDP: every rank must ask, not only rank 0
-        state = full_state_dict(pl_module) if is_sharded(pl_module) else None  # FSDP2: every rank gathers
+        # sharded: every rank takes part in the gather, rank 0 keeps the copy
+        state = full_state_dict(pl_module, rank0_only=True) if is_sharded(pl_module) else None
         if trainer.is_global_zero:
             path = Path(self.path or Path(log_dir or ".") / "weights.safetensors")
             export_weights(pl_module, path, dtype=self.dtype, state=state)

@@ -21,8 +21,8 @@ from torch import nn
 
 from oneforcing.engines.deepspeed import DeepSpeedStrategy
 from oneforcing.engines.fsdp2 import FSDP2Strategy
-from oneforcing.engines.memory import (DEEPSPEED_PERSISTENCE, DEEPSPEED_REDUCE_BUCKET, ENGINES, FP32, EngineSettings,
-                                       Plan, RoleSizes, state_bytes, traced_peak)
+from oneforcing.engines.memory import (DEEPSPEED_MAX_LIVE, DEEPSPEED_PERSISTENCE, DEEPSPEED_REDUCE_BUCKET, ENGINES, FP32,
+                                       EngineSettings, Plan, RoleSizes, state_bytes, traced_peak)
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.wan import WanBackbone
@@ -80,6 +80,7 @@ def engine_from(trainer: dict, engine: str | None, devices: int | None) -> Engin
                               reduce_bucket_size=int(extra.get("reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET)),
                               persistence_threshold=int(extra.get("stage3_param_persistence_threshold",
                                                                   DEEPSPEED_PERSISTENCE)),
+                              max_live_parameters=int(extra.get("stage3_max_live_parameters", DEEPSPEED_MAX_LIVE)),
                               overlap_comm=extra.get("overlap_comm"))
     return EngineSettings("ddp", count)
 

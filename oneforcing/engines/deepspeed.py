@@ -39,7 +39,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from oneforcing.engines.fsdp2 import remove_path, swap_in, write_failure
-from oneforcing.models.sharded import full_state_dict
+from oneforcing.models.sharded import full_state_dict, load_full_state_dict
 
 ENGINE_TAG = "state"  # each engine saves into its own folder under this tag (no shared `latest` file)
 TRAINER_FILE = "trainer.pt"
@@ -99,6 +99,17 @@ class DeepSpeedStrategy(DDPStrategy):
             if isinstance(config, dict) and key in config:
                 problems.append(f"config[{key!r}] is set by the module (batch size from the data, clipping from its "
                                 "*_grad_clip, AdamW from its *_lr settings); remove it")
+        zero = (config or {}).get("zero_optimization", {}) if isinstance(config, dict) else {}
+        # the frozen roles' ZeRO-3 engines must hold plain partitions laid out as the generator's (the EMA update)
+        for key, bad in (("zero_hpz_partition_size", lambda v: v > 1), ("zero_quantized_weights", bool),
+                         ("zero_quantized_nontrainable_weights", bool)):
+            if key in zero and bad(zero[key]):
+                problems.append(f"config['zero_optimization'][{key!r}] = {zero[key]!r} is not supported: the EMA's "
+                                "partitions are updated in place from the generator's, which needs plain, unquantized "
+                                "partitions over all ranks; remove it")
+        if isinstance(zero.get("offload_param"), dict) and zero["offload_param"].get("device") == "nvme":
+            problems.append("config['zero_optimization']['offload_param'] on nvme is not supported (the EMA's partitions "
+                            "are updated in place); use offload_params: true (CPU memory)")
         if problems:
             raise ValueError("Invalid DeepSpeedStrategy settings:\n  - " + "\n  - ".join(problems))
         super().__init__(process_group_backend=process_group_backend, timeout=timeout)
@@ -265,11 +276,12 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """The module's state outside the trainable engines (the EMA, the teacher, buffers), whole: a partitioned
-        frozen role is gathered (a collective: every rank calls this); the trainable engines save their own."""
+        frozen role is gathered one submodule at a time onto rank 0, which writes it (a collective: every rank calls
+        this); the trainable engines save their own."""
         owned = self._engine_parameter_names()
         state = {k: v for k, v in self.lightning_module.state_dict().items() if k not in owned}
         for prefix, engine in self.frozen_engines.items():
-            state.update({prefix + k: v for k, v in full_state_dict(engine.module).items()})
+            state.update({prefix + k: v for k, v in full_state_dict(engine.module, rank0_only=True).items()})
         return state
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
@@ -324,14 +336,11 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def load_model_state_dict(self, checkpoint, strict: bool = True) -> None:
         """The module's state outside the engines (the engines loaded theirs in ``load_checkpoint``); a partitioned
-        frozen role is loaded whole on rank 0 and partitioned from there (a collective)."""
-        import deepspeed
-
+        frozen role is loaded a submodule at a time, partitioned from rank 0's values (a collective)."""
         state = dict(checkpoint["state_dict"])
         for prefix, engine in self.frozen_engines.items():
             own = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
-            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
-                engine.module.load_state_dict(own, strict=strict)
+            load_full_state_dict(engine.module, own, strict=strict)
         result = self.lightning_module.load_state_dict(state, strict=False)
         frozen = {k for k in result.missing_keys if any(k.startswith(prefix) for prefix in self.frozen_engines)}
         missing = set(result.missing_keys) - self._engine_parameter_names() - frozen

@@ -19,7 +19,8 @@ Two parts, added:
          ``persistence_threshold``
          elements (whole on every rank);
          the roles and the teacher
-         gathered while they compute
+         gathered while they compute (at
+         most ``max_live_parameters``)
   ====== ================================ ======================================= ================================
 
   DeepSpeed's reduce buckets are ``reduce_bucket_size`` elements (5e8 by default: 2 GB in fp32 per engine, whatever
@@ -51,6 +52,7 @@ ENGINES = ("ddp", "fsdp2", "zero2", "zero3")
 FP32 = 4
 DEEPSPEED_REDUCE_BUCKET = int(5e8)  # DeepSpeed's default reduce_bucket_size (elements)
 DEEPSPEED_PERSISTENCE = int(1e5)  # DeepSpeed's default stage3_param_persistence_threshold (elements)
+DEEPSPEED_MAX_LIVE = int(1e9)  # DeepSpeed's default stage3_max_live_parameters (elements kept gathered at most)
 
 
 # --- activations: a trace on the meta device --------------------------------------------------------------
@@ -179,6 +181,7 @@ class EngineSettings:
     param_bytes: int = FP32
     reduce_bucket_size: int = DEEPSPEED_REDUCE_BUCKET
     persistence_threshold: int = DEEPSPEED_PERSISTENCE
+    max_live_parameters: int = DEEPSPEED_MAX_LIVE
     overlap_comm: bool | None = None  # DeepSpeed's default: on for stage 3, off otherwise
 
     def __post_init__(self) -> None:
@@ -224,7 +227,7 @@ def state_bytes(trainable: list[RoleSizes], teacher_bytes: int, ema: int, engine
             if teacher is not None:
                 out["teacher"] = pb * ((teacher.params - teacher.persistent) / n + teacher.persistent)
                 gathered += teacher.params - teacher.persistent
-            out["buffers"] = buckets + pb * gathered
+            out["buffers"] = buckets + pb * min(gathered, engine.max_live_parameters)
     return {k: int(math.ceil(v)) for k, v in out.items()}
 
 
