@@ -335,12 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/benchmarks.md); default: the released behaviour")
     p.add_argument("--ode-init-only", action="store_true",
                    help="stop once the ODE init is trained, evaluated and kept (a first part of the study)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write RESULTS/report from the runs kept so far (of --methods and --seeds), training nothing: "
+                        "an interim report while the study runs in parts")
     p.add_argument("--jobs", type=int, default=2)
     return p
 
 
+def kept_runs(results: Path, methods: list[str], seeds: list[int]) -> list[Path]:
+    """The finished runs (their evaluation written) among ``methods`` × ``seeds``, seed-major."""
+    return [results / f"{m}_seed{s}" for s in seeds for m in methods if (results / f"{m}_seed{s}" / "metrics.json").is_file()]
+
+
 def main() -> None:
     args = build_parser().parse_args()
+    if args.report_only:
+        study = Study(args)
+        targets = kept_runs(study.results, args.methods, args.seeds)
+        if not targets:
+            sys.exit(f"No finished run of {args.methods} × seeds {args.seeds} in {study.results}: nothing to report.")
+        init = study.results / "ode_init"
+        study.report([init, *targets] if (init / "metrics.json").is_file() else targets)
+        return
     for split in ("train", "val"):
         if not (Path(args.data) / split / "index.json").is_file():
             sys.exit(f"{args.data}/{split} holds no toy shards; write them with "

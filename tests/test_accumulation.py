@@ -3,6 +3,8 @@ per role, the step's exit steps shared by its parts (one process, tiny backbone)
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -114,3 +116,93 @@ def test_a_batch_that_does_not_split_and_a_bad_count_are_refused(teacher_file):
         make_module(teacher_file, micro_batches=2).micro_batches_of({"caption": ["a", "b", "c"]})
     with pytest.raises(ValueError, match=r"micro_batches=0 must be >= 1 \(1: no gradient accumulation\)"):
         make_module(teacher_file, micro_batches=0)
+
+
+class FakeDDP:
+    """Stands in for the DDP wrapper: records whether each backward ran inside ``no_sync``."""
+
+    def __init__(self, module):
+        self.module, self.inside = module, False
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.inside = True
+        yield
+        self.inside = False
+
+    def parameters(self):
+        return self.module.parameters()
+
+
+class NaNOnCall(SquaredVelocity):
+    """SquaredVelocity whose ``bad``-th call (0-based) returns a non-finite loss."""
+
+    def __init__(self, bad: int):
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def generator_loss(self, ctx: StepContext) -> Losses:
+        loss, logs = super().generator_loss(ctx)
+        self.calls += 1
+        return (loss * float("nan") if self.calls - 1 == self.bad else loss), logs
+
+
+def accumulate_under_fake_ddp(teacher_file, monkeypatch, objective: Objective, parts: int = 4, ddp: bool = True):
+    """``_accumulate`` of a 4-sample batch in ``parts`` under FakeDDP (``ddp``; else no wrapper), with all_reduce
+    standing in for a second rank of equal gradients (it doubles them). Returns (no_sync per backward, all-reduced
+    tensors, the generator's gradients)."""
+    module = make_module(teacher_file, [objective], micro_batches=parts, ema_start=None)
+    module.configure_model()
+    ddp = FakeDDP(module) if ddp else None
+    monkeypatch.setattr(module, "_ddp", lambda: ddp)
+    inside = []
+
+    def backward(loss):
+        inside.append(ddp is not None and ddp.inside)
+        loss.backward()
+
+    monkeypatch.setattr(module, "manual_backward", backward)
+    reduced = []
+
+    def all_reduce(tensor):
+        reduced.append(tensor)
+        tensor.mul_(2)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    batch = next(iter(four_sample_loader(1)))
+    micro = [(part, module.batch_context(part), None) for part in module.micro_batches_of(batch)]
+    with pytest.warns(UserWarning, match="Non-finite") if isinstance(objective, NaNOnCall) else contextlib.nullcontext():
+        backward_ran, _ = module._accumulate(micro, "generator")
+    assert backward_ran
+    grads = {n: p.grad.clone() for n, p in module.generator.named_parameters() if p.grad is not None}
+    return inside, reduced, grads
+
+
+def test_under_ddp_every_backward_but_the_last_accumulates_without_sync(teacher_file, monkeypatch):
+    """One gradient all-reduce per role step: micro-batches 1..K-1 inside DDP's no_sync, the last one syncing."""
+    inside, reduced, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, SquaredVelocity())
+    assert inside == [True, True, True, False]
+    assert reduced == []  # DDP's own hooks reduce in the last backward; nothing by hand
+
+
+def test_a_skipped_last_micro_batch_still_averages_the_gradients_over_the_ranks(teacher_file, monkeypatch):
+    """The last part non-finite (on some rank: every rank skips it): the earlier parts' unsynced gradients are
+    all-reduced and divided by the world size by hand, as the last backward would have done."""
+    inside, reduced, grads = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3))
+    assert inside == [True, True, True]  # the 4th part's backward was skipped
+    assert len(reduced) == len(grads) > 0
+    # the same parts accumulated without DDP: what two ranks of these gradients average to ((g + g) / 2)
+    _, unreduced, local = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3), ddp=False)
+    assert unreduced == [] and local.keys() == grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, local[name], rtol=1e-6, atol=0), name
+    # a skipped middle part leaves the last backward to sync: no reduction by hand
+    inside, reduced, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=1))
+    assert inside == [True, True, False] and reduced == []
+
+
+def test_without_ddp_no_backward_is_wrapped(teacher_file):
+    module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
+    assert module._ddp() is None  # no trainer
+    assert isinstance(module._no_gradient_sync(), contextlib.nullcontext)

@@ -8,6 +8,7 @@ nothing else changes. Faults come from a callback module put on the subprocess's
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -98,14 +99,41 @@ class Layout(L.Callback):
                             "partitioned": all(hasattr(p, "ds_id") for p in params)}
         with open(os.path.join(trainer.log_dir, f"layout_rank{trainer.global_rank}.json"), "w") as f:
             json.dump(layout, f)
+
+
+class AllReduces(L.Callback):
+    """Counts DDP's gradient all-reduces (its communication hook's calls, one per bucket) per training iteration,
+    written per rank to `<log_dir>/allreduces_rank<r>.json` at the end."""
+
+    def on_train_start(self, trainer, pl_module):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.counts, self.current = [], 0
+
+        def counting(state, bucket):
+            self.current += 1
+            return allreduce_hook(None, bucket)
+
+        trainer.strategy.model.register_comm_hook(None, counting)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.counts.append(self.current)
+        self.current = 0
+
+    def on_train_end(self, trainer, pl_module):
+        import json
+
+        with open(os.path.join(trainer.log_dir, f"allreduces_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(self.counts, f)
 '''
 
 
 def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_steps: int = 3,
            checkpoint_every: int | None = None, fault: tuple[str, int] | None = None, layout: bool = False,
-           **model_overrides) -> Path:
+           allreduces: bool = False, **model_overrides) -> Path:
     """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml`` (``layout``: each rank writes
-    what it holds of each role's parameters, ``faults.Layout``)."""
+    what it holds of each role's parameters, ``faults.Layout``; ``allreduces``: DDP's gradient all-reduces per
+    iteration, ``faults.AllReduces``)."""
     recipe = yaml.safe_load(config.read_text())
     trainer, model = recipe["trainer"], recipe["model"]["init_args"]
     trainer.update(accelerator="cpu", devices=2, strategy=strategy, max_steps=max_steps, val_check_interval=max_steps,
@@ -123,6 +151,8 @@ def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_
         callbacks.append({"class_path": "faults.Fault", "init_args": {"kind": fault[0], "step": fault[1]}})
     if layout:
         callbacks.append({"class_path": "faults.Layout"})
+    if allreduces:
+        callbacks.append({"class_path": "faults.AllReduces"})
     trainer["callbacks"] = callbacks
     deep = config.stem.startswith("one_forcing")  # the GAN pools critic blocks 4 and 5
     model.update(backbone={**(model.get("backbone") or {}), **TINY_BACKBONE, "num_layers": 6 if deep else 2},
@@ -259,3 +289,20 @@ def test_toy_recipe_trains_under_fsdp2(config, recipe_inputs, tmp_path):
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in output
     exported = load_file(tmp_path / config.stem / "version_0" / "weights.safetensors")
     assert any(k.startswith("generator.") for k in exported)
+
+
+def test_ddp_reduces_the_gradients_once_per_role_step_however_many_micro_batches(recipe_inputs, tmp_path):
+    """micro_batches=2 under DDP: the first part's backward runs inside no_sync, so each iteration all-reduces as
+    many buckets as without accumulation (twice as many if every part synced). That the accumulated gradients are
+    still DDP's average is test_engines_deepspeed's comparison of the K = 2 losses and norms with FSDP2's."""
+    counts = {}
+    for parts in (1, 2):
+        config = shrunk(ONE_FORCING, recipe_inputs, tmp_path, f"ddp_k{parts}", "ddp_find_unused_parameters_true",
+                        max_steps=3, micro_batches=parts, allreduces=True, **SCHEDULE)
+        result = fit(config, tmp_path)
+        assert result.returncode == 0, describe(result)
+        counts[parts] = [json.loads((tmp_path / f"ddp_k{parts}" / "version_0" / f"allreduces_rank{r}.json").read_text())
+                         for r in (0, 1)]
+    assert counts[2] == counts[1], counts
+    first, second, third = counts[1][0]  # generator and critic steps, critic only, generator and critic
+    assert first == third > second > 0, counts

@@ -228,3 +228,24 @@ def test_ode_init_only_stops_after_the_kept_and_evaluated_ode_init(toy_study, tm
     assert (tmp_path / "kept" / "ode_init" / "metrics.json").is_file()
     toy_study.main()  # kept: nothing runs again
     assert ran == ["data", "data", "fit", "evaluate"]
+
+
+def test_report_only_reports_the_finished_runs_and_trains_nothing(toy_study, tmp_path, monkeypatch):
+    """--report-only: compare over the ODE init and the runs whose evaluation is written, seed-major; none: an error."""
+    results = tmp_path / "kept"
+    for run in ("ode_init", "sf_dmd_1step_seed0", "sf_dmd_1step_seed1", "consistency_1step_seed0"):
+        (results / run).mkdir(parents=True)
+        (results / run / "metrics.json").write_text("{}")
+    (results / "consistency_1step_seed1").mkdir()  # trained, not evaluated: not finished
+    argv = ["toy_study.py", "--results", str(results), "--out", str(tmp_path / "study"), "--report-only",
+            "--methods", "sf_dmd_1step", "consistency_1step", "--seeds", "0", "1"]
+    reported = []
+    monkeypatch.setattr(toy_study.Study, "report", lambda self, targets: reported.append(targets))
+    monkeypatch.setattr(toy_study.Study, "run", lambda self, cmd, log: pytest.fail(f"ran {cmd}"))
+    monkeypatch.setattr(sys, "argv", argv)
+    toy_study.main()  # no data root and no teacher needed
+    assert reported == [[results / r for r in ("ode_init", "sf_dmd_1step_seed0", "consistency_1step_seed0",
+                                               "sf_dmd_1step_seed1")]]
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "2"])
+    with pytest.raises(SystemExit, match=r"No finished run of .* seeds \[2\]"):
+        toy_study.main()

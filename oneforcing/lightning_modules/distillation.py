@@ -527,15 +527,47 @@ class DistillationModule(L.LightningModule):
         (its graph freed before the next), with the step's exit steps shared by the micro-batches. A micro-batch
         with a non-finite loss is skipped (counted by the guard). Returns whether any backward ran, and the logs
         averaged over the micro-batches."""
-        draws, logs, backward = [], {}, False
-        for batch, context, uncond in micro_batches:
+        draws, logs, backward, synced = [], {}, False, False
+        for k, (batch, context, uncond) in enumerate(micro_batches):
             loss, step_logs = self.step_loss(side, batch, context, uncond, draws)
             for key, value in step_logs.items():
                 logs[key] = logs.get(key, 0.0) + value.detach() / len(micro_batches)
             if self.nonfinite.is_finite(self, loss, side) and loss.requires_grad:
-                self.manual_backward(loss / len(micro_batches))
-                backward = True
+                last = k == len(micro_batches) - 1
+                with contextlib.nullcontext() if last else self._no_gradient_sync():
+                    self.manual_backward(loss / len(micro_batches))
+                backward, synced = True, last
+        if backward and not synced:
+            self._average_unsynced_gradients()
         return backward, logs
+
+    def _ddp(self) -> nn.parallel.DistributedDataParallel | None:
+        """The DDP wrapper when plain DDP trains this module (not FSDP2, whose parts each reduce-scatter, keeping
+        gradients sharded; not DeepSpeed, whose engines accumulate until their step)."""
+        trainer = self._trainer
+        if trainer is None or isinstance(trainer.strategy, DeepSpeedStrategy):
+            return None
+        model = trainer.strategy.model
+        return model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+
+    def _no_gradient_sync(self) -> contextlib.AbstractContextManager:
+        """Under DDP, a micro-batch's backward before the step's last one accumulates locally (one all-reduce per
+        role step instead of one per micro-batch); the last backward reduces the sum."""
+        ddp = self._ddp()
+        # Lightning prepares DDP's reducer before a manual backward only while ``require_backward_grad_sync``, which
+        # no_sync clears: the reducer's hooks then leave the gradients local
+        return contextlib.nullcontext() if ddp is None else ddp.no_sync()
+
+    def _average_unsynced_gradients(self) -> None:
+        """Every backward of the step ran without sync (its last micro-batch was skipped as non-finite on some rank):
+        average the accumulated gradients over the ranks by hand, as the last backward would have."""
+        ddp = self._ddp()
+        if ddp is None:
+            return
+        for param in ddp.parameters():
+            if param.grad is not None:
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= torch.distributed.get_world_size()
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
