@@ -206,3 +206,29 @@ def test_without_ddp_no_backward_is_wrapped(teacher_file):
     module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
     assert module._ddp() is None  # no trainer
     assert isinstance(module._no_gradient_sync(), contextlib.nullcontext)
+
+
+def test_the_ddp_wrapper_is_found_under_plain_ddp_only(teacher_file, tmp_path):
+    """``_ddp``: the DistributedDataParallel model of plain DDP; None under DeepSpeed (a DDPStrategy subclass whose
+    engines accumulate themselves) and for any other model (FSDP2's module, one device)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from oneforcing.engines.deepspeed import DeepSpeedStrategy
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=ddp))
+        assert module._ddp() is ddp
+        assert module._no_gradient_sync().__class__ is not contextlib.nullcontext  # DDP's own no_sync
+        module._trainer.strategy.model = ddp.module  # not wrapped (FSDP2 shards in place; one device)
+        assert module._ddp() is None
+        deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+        module._trainer = SimpleNamespace(strategy=deepspeed)
+        assert module._ddp() is None
+    finally:
+        module._trainer = None
+        dist.destroy_process_group()

@@ -91,6 +91,33 @@ def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(mo
     assert torch.allclose(g_loss, torch.nn.functional.softplus(-D(calls[-1][0])).mean())
 
 
+def test_critic_loss_draws_sigma_at_its_own_shift_and_divides_r1_when_asked(monkeypatch):
+    """The discriminator's σ comes from ``critic_timestep_shift`` (not the draw's default of 5), and R1 of kind
+    'divided' is ½·mean((Δ/σ1)²) through the whole critic loss."""
+    from oneforcing.objectives.timesteps import sample_score_sigma
+
+    g = torch.Generator().manual_seed(3)
+    fake, real = torch.randn(3, 4, 2, 2, 2, generator=g), torch.randn(3, 4, 2, 2, 2, generator=g)
+    w = torch.randn(4, 2, 2, 2, generator=g)
+    calls = []
+
+    def toy_scores(self, ctx, x, sigma, context):
+        calls.append((x.clone(), sigma.clone()))
+        return (x * w).flatten(1).sum(1), None
+
+    monkeypatch.setattr(GAN, "scores", toy_scores)
+    gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r1_kind="divided",
+              critic_timestep_shift=2.0)
+    total, _ = gan.critic_loss(make_ctx(fake, real, seed=7))
+    both, sigma = calls[0]
+    assert torch.equal(sigma, sample_score_sigma(3, torch.Generator().manual_seed(7), 2.0).repeat(2))
+    xf, xr = both.chunk(2)
+    D = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    loss_d = torch.nn.functional.softplus(-D(xr)).mean() + torch.nn.functional.softplus(D(xf)).mean()
+    r1 = 0.5 * ((D(calls[1][0]) - D(xr)) / 0.1).square().mean()
+    assert torch.allclose(0.03 * total, 0.03 * loss_d + r1, atol=1e-5)
+
+
 def test_the_generators_gan_gradient_reaches_only_the_generator(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "critic.safetensors"
