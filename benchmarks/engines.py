@@ -39,10 +39,16 @@ RECIPE = REPO / "configs" / "toy" / "one_forcing_framewise_1step.yaml"
 # every toy parameter is below it (the largest: 128 × 512 = 65 536)
 ZERO3_P0 = {"class_path": "oneforcing.engines.deepspeed.DeepSpeedStrategy",
             "init_args": {"stage": 3, "config": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}}
+# zero3_p0_noprefetch: the same without ZeRO-3's parameter prefetch (stage3_prefetch_bucket_size 0): the roll-out's
+# calls change their module order from call to call, which invalidates the prefetch trace
+ZERO3_P0_NOPREFETCH = {"class_path": ZERO3_P0["class_path"],
+                       "init_args": {"stage": 3, "config": {"zero_optimization": {
+                           "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0}}}}
 ENGINES = {"ddp": "ddp_find_unused_parameters_true", "fsdp2": "fsdp2", "fsdp2_bf16": "fsdp2_bf16", "zero2": "zero2",
-           "zero3": "zero3", "zero3_p0": ZERO3_P0, "ddp_checkpointed": "ddp_find_unused_parameters_true"}
+           "zero3": "zero3", "zero3_p0": ZERO3_P0, "zero3_p0_noprefetch": ZERO3_P0_NOPREFETCH,
+           "ddp_checkpointed": "ddp_find_unused_parameters_true"}
 PRECISION = {"ddp": "32-true", "fsdp2": "32-true", "fsdp2_bf16": "bf16-mixed", "zero2": "32-true", "zero3": "32-true",
-             "zero3_p0": "32-true", "ddp_checkpointed": "32-true"}
+             "zero3_p0": "32-true", "zero3_p0_noprefetch": "32-true", "ddp_checkpointed": "32-true"}
 MODEL = {"ddp_checkpointed": {"activation_checkpointing": ["generator", "critic"]}}  # model settings of a variant
 
 PROBE = '''

@@ -173,6 +173,7 @@ def test_shared_flow_pass_gives_the_flow_loss_of_the_fake_half_at_the_discrimina
         v = module.critic((1 - s) * fake + s * noise, sigma, ctx.context)  # the fake half alone, batch B
     expected_flow = (v - (noise - fake)).square().mean()
     assert torch.allclose(logs["critic_flow_loss"], expected_flow, rtol=1e-4)
+    assert torch.equal(logs["critic_sigma"], sigma.mean())  # the logged σ is the pass's
     assert torch.allclose(total, logs["gan_d_loss"] + expected_flow / 0.03, rtol=1e-4)
 
 
