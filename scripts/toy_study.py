@@ -222,7 +222,7 @@ class Study:
     def report(self, targets: list[Path]) -> None:
         report = self.results / "report"
         self.run([*ONEFORCING, "compare", *map(str, targets), "--out", str(report)], self.out / "logs" / "compare.log")
-        curves = learning_curves(self.results, list(METHODS), self.args.seeds)
+        curves = learning_curves(self.results, self.args.methods, self.args.seeds)
         (report / "curves.json").write_text(json.dumps(curves, indent=1))
         plot_curves(curves, report / "curves.png")
         lines = ["# Commands of this study", "", f"`{shlex.join(['python', *sys.argv])}` ran, in order:", ""]
@@ -243,7 +243,8 @@ def scaled_to(init: dict, num_frames: int) -> dict:
 
 
 def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict:
-    """{method: {metric: {"steps": [...], "values": [[per seed] per step]}}} from the kept runs' eval/* scalars."""
+    """{method: {metric: {"steps": [...], "values": [[per seed] per step]}}} from the eval/* scalars of the
+    finished runs (their evaluation written, as for the report's table)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves: dict = {}
@@ -251,7 +252,7 @@ def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict
         per_seed = []
         for seed in seeds:
             folder = results / f"{method}_seed{seed}" / "events"
-            if not folder.is_dir():
+            if not (folder.parent / "metrics.json").is_file():  # not finished (or not run): not in the report
                 continue
             events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             events.Reload()

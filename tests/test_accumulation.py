@@ -148,58 +148,51 @@ class NaNOnCall(SquaredVelocity):
 
 
 def accumulate_under_fake_ddp(teacher_file, monkeypatch, objective: Objective, parts: int = 4, ddp: bool = True):
-    """``_accumulate`` of a 4-sample batch in ``parts`` under FakeDDP (``ddp``; else no wrapper), with all_reduce
-    standing in for a second rank of equal gradients (it doubles them). Returns (no_sync per backward, all-reduced
-    tensors, the generator's gradients)."""
+    """``_accumulate`` of a 4-sample batch in ``parts`` under FakeDDP (``ddp``; else no wrapper). Returns, per
+    backward, whether it ran inside no_sync and its loss, and the generator's gradients after the step."""
     module = make_module(teacher_file, [objective], micro_batches=parts, ema_start=None)
     module.configure_model()
     ddp = FakeDDP(module) if ddp else None
     monkeypatch.setattr(module, "_ddp", lambda: ddp)
-    inside = []
+    backwards = []
 
     def backward(loss):
-        inside.append(ddp is not None and ddp.inside)
+        backwards.append((ddp is not None and ddp.inside, loss.detach()))
         loss.backward()
 
     monkeypatch.setattr(module, "manual_backward", backward)
-    reduced = []
-
-    def all_reduce(tensor):
-        reduced.append(tensor)
-        tensor.mul_(2)
-
-    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     batch = next(iter(four_sample_loader(1)))
     micro = [(part, module.batch_context(part), None) for part in module.micro_batches_of(batch)]
     with pytest.warns(UserWarning, match="Non-finite") if isinstance(objective, NaNOnCall) else contextlib.nullcontext():
         backward_ran, _ = module._accumulate(micro, "generator")
     assert backward_ran
     grads = {n: p.grad.clone() for n, p in module.generator.named_parameters() if p.grad is not None}
-    return inside, reduced, grads
+    return backwards, grads
 
 
 def test_under_ddp_every_backward_but_the_last_accumulates_without_sync(teacher_file, monkeypatch):
     """One gradient all-reduce per role step: micro-batches 1..K-1 inside DDP's no_sync, the last one syncing."""
-    inside, reduced, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, SquaredVelocity())
-    assert inside == [True, True, True, False]
-    assert reduced == []  # DDP's own hooks reduce in the last backward; nothing by hand
+    backwards, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, SquaredVelocity())
+    assert [inside for inside, _ in backwards] == [True, True, True, False]
+    assert all(loss > 0 for _, loss in backwards)  # the micro-batches' own losses, no extra backward
 
 
-def test_a_skipped_last_micro_batch_still_averages_the_gradients_over_the_ranks(teacher_file, monkeypatch):
-    """The last part non-finite (on some rank: every rank skips it): the earlier parts' unsynced gradients are
-    all-reduced and divided by the world size by hand, as the last backward would have done."""
-    inside, reduced, grads = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3))
-    assert inside == [True, True, True]  # the 4th part's backward was skipped
-    assert len(reduced) == len(grads) > 0
-    # the same parts accumulated without DDP: what two ranks of these gradients average to ((g + g) / 2)
-    _, unreduced, local = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3), ddp=False)
-    assert unreduced == [] and local.keys() == grads.keys()
+def test_a_skipped_last_micro_batch_still_syncs_through_ddp(teacher_file, monkeypatch):
+    """The last part non-finite (every rank skips it): a synced backward of a zero loss follows the unsynced ones,
+    so DDP's reducer averages the accumulated gradients and closes the step's bookkeeping; it adds nothing to them."""
+    backwards, grads = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3))
+    assert [inside for inside, _ in backwards] == [True, True, True, False]
+    assert backwards[-1][1] == 0  # the zero loss over the trainable parameters
+    _, local = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3), ddp=False)
+    assert local.keys() == grads.keys()
     for name, grad in grads.items():
-        assert torch.allclose(grad, local[name], rtol=1e-6, atol=0), name
-    # a skipped middle part leaves the last backward to sync: no reduction by hand
-    inside, reduced, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=1))
-    assert inside == [True, True, False] and reduced == []
+        assert torch.equal(grad, local[name]), name  # the same three parts' sum, unchanged by the zero loss
+    # a skipped middle part leaves the last backward to sync: no extra backward
+    backwards, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=1))
+    assert [inside for inside, _ in backwards] == [True, True, False]
+    # without DDP nothing extra either
+    backwards, _ = accumulate_under_fake_ddp(teacher_file, monkeypatch, NaNOnCall(bad=3), ddp=False)
+    assert len(backwards) == 3
 
 
 def test_without_ddp_no_backward_is_wrapped(teacher_file):
@@ -217,9 +210,9 @@ def test_the_ddp_wrapper_is_found_under_plain_ddp_only(teacher_file, tmp_path):
 
     from oneforcing.engines.deepspeed import DeepSpeedStrategy
 
+    module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
-        module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
         ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
         module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=ddp))
         assert module._ddp() is ddp
@@ -230,5 +223,5 @@ def test_the_ddp_wrapper_is_found_under_plain_ddp_only(teacher_file, tmp_path):
         module._trainer = SimpleNamespace(strategy=deepspeed)
         assert module._ddp() is None
     finally:
-        module._trainer = None
         dist.destroy_process_group()
+        module._trainer = None

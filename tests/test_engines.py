@@ -101,6 +101,39 @@ class Layout(L.Callback):
             json.dump(layout, f)
 
 
+class NaNParts(L.Callback):
+    """Rank 0's loss of micro-batch `part` (1-based) of `side` at iteration `iteration` is NaN, for each
+    (side, iteration, part) of `faults` (every rank then skips that part: the decision is shared). At the end each
+    rank writes the sum of its generator's and critic's weights to `<log_dir>/weights_rank<r>.json`."""
+
+    def __init__(self, faults: list):
+        self.faults = {(side, int(iteration), int(part)) for side, iteration, part in faults}
+        self.calls = {}
+
+    def on_train_start(self, trainer, pl_module):
+        import types
+
+        original = type(pl_module).step_loss
+
+        def step_loss(module, side, *args, **kwargs):
+            loss, logs = original(module, side, *args, **kwargs)
+            key = (side, int(module.iteration))
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if trainer.global_rank == 0 and (*key, self.calls[key]) in self.faults:
+                loss = loss * float("nan")
+            return loss, logs
+
+        pl_module.step_loss = types.MethodType(step_loss, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        import json
+
+        sums = {name: float(sum(p.detach().double().sum() for p in getattr(pl_module, name).parameters()))
+                for name in ("generator", "critic")}
+        with open(os.path.join(trainer.log_dir, f"weights_rank{trainer.global_rank}.json"), "w") as f:
+            json.dump(sums, f)
+
+
 class AllReduces(L.Callback):
     """Counts DDP's gradient all-reduces (its communication hook's calls, one per bucket) per training iteration,
     written per rank to `<log_dir>/allreduces_rank<r>.json` at the end."""
@@ -130,10 +163,11 @@ class AllReduces(L.Callback):
 
 def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_steps: int = 3,
            checkpoint_every: int | None = None, fault: tuple[str, int] | None = None, layout: bool = False,
-           allreduces: bool = False, **model_overrides) -> Path:
+           allreduces: bool = False, nan_parts: list | None = None, **model_overrides) -> Path:
     """The recipe at tiny sizes on 2 CPU processes, written to ``out/<name>.yaml`` (``layout``: each rank writes
     what it holds of each role's parameters, ``faults.Layout``; ``allreduces``: DDP's gradient all-reduces per
-    iteration, ``faults.AllReduces``)."""
+    iteration, ``faults.AllReduces``; ``nan_parts``: (side, iteration, part) losses made NaN on rank 0,
+    ``faults.NaNParts``)."""
     recipe = yaml.safe_load(config.read_text())
     trainer, model = recipe["trainer"], recipe["model"]["init_args"]
     trainer.update(accelerator="cpu", devices=2, strategy=strategy, max_steps=max_steps, val_check_interval=max_steps,
@@ -153,6 +187,8 @@ def shrunk(config: Path, inputs: dict, out: Path, name: str, strategy: str, max_
         callbacks.append({"class_path": "faults.Layout"})
     if allreduces:
         callbacks.append({"class_path": "faults.AllReduces"})
+    if nan_parts:
+        callbacks.append({"class_path": "faults.NaNParts", "init_args": {"faults": [list(f) for f in nan_parts]}})
     trainer["callbacks"] = callbacks
     deep = config.stem.startswith("one_forcing")  # the GAN pools critic blocks 4 and 5
     model.update(backbone={**(model.get("backbone") or {}), **TINY_BACKBONE, "num_layers": 6 if deep else 2},
@@ -306,3 +342,19 @@ def test_ddp_reduces_the_gradients_once_per_role_step_however_many_micro_batches
     assert counts[2] == counts[1], counts
     first, second, third = counts[1][0]  # generator and critic steps, critic only, generator and critic
     assert first == third > second > 0, counts
+
+
+def test_a_skipped_last_micro_batch_under_ddp_still_averages_and_training_goes_on(recipe_inputs, tmp_path):
+    """micro_batches=2 under DDP with the last part's loss NaN on rank 0 (every rank skips it) in a critic-only
+    iteration and then in a generator step: the first part's unsynced gradients are still averaged through DDP (a
+    synced zero-loss backward), the reducer's bookkeeping is closed before the other role's step, and both ranks end
+    with the same weights."""
+    config = shrunk(ONE_FORCING, recipe_inputs, tmp_path, "ddp_nan", "ddp_find_unused_parameters_true", max_steps=4,
+                    micro_batches=2, nan_parts=[("critic", 1, 2), ("generator", 2, 2)], **SCHEDULE)
+    result = fit(config, tmp_path)
+    assert result.returncode == 0, describe(result)
+    output = result.stdout + result.stderr
+    assert "Non-finite critic loss" in output and "Non-finite generator loss" in output
+    rank0, rank1 = (json.loads((tmp_path / "ddp_nan" / "version_0" / f"weights_rank{r}.json").read_text())
+                    for r in (0, 1))
+    assert rank0 == rank1

@@ -538,7 +538,7 @@ class DistillationModule(L.LightningModule):
                     self.manual_backward(loss / len(micro_batches))
                 backward, synced = True, last
         if backward and not synced:
-            self._average_unsynced_gradients()
+            self._sync_accumulated_gradients()
         return backward, logs
 
     def _ddp(self) -> nn.parallel.DistributedDataParallel | None:
@@ -558,16 +558,16 @@ class DistillationModule(L.LightningModule):
         # no_sync clears: the reducer's hooks then leave the gradients local
         return contextlib.nullcontext() if ddp is None else ddp.no_sync()
 
-    def _average_unsynced_gradients(self) -> None:
-        """Every backward of the step ran without sync (its last micro-batch was skipped as non-finite on some rank):
-        average the accumulated gradients over the ranks by hand, as the last backward would have."""
-        ddp = self._ddp()
-        if ddp is None:
+    def _sync_accumulated_gradients(self) -> None:
+        """Every backward of the step ran without sync (its last micro-batch was skipped as non-finite, on every
+        rank): a synced backward of a zero loss over the trainable parameters lets DDP's reducer average the
+        accumulated gradients, as the last backward would have, and close its bookkeeping of the step (the
+        parameters the unsynced backwards marked as used). Averaging by hand would leave that bookkeeping open
+        for the next synced backward, which then fails on the other role's frozen parameters."""
+        if self._ddp() is None:
             return
-        for param in ddp.parameters():
-            if param.grad is not None:
-                torch.distributed.all_reduce(param.grad)
-                param.grad /= torch.distributed.get_world_size()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        self.manual_backward(sum((p * 0).sum() for p in trainable))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
