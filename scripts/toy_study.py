@@ -57,6 +57,17 @@ METHODS: dict[str, tuple[str, dict]] = {
     "of_chunkwise_1step_ffe": ("configs/toy/one_forcing_chunkwise.yaml", {"first_block_size": 3, **FIRST_BLOCK_4STEP}),
     "consistency_1step": ("configs/toy/consistency_1step.yaml", {}),
 }
+# The paper's four claims as comparisons of two methods (A against B) on the metrics that bear on them
+CLAIMS: list[tuple[str, str, str, tuple[str, ...]]] = [
+    ("1-step DMD blurs: Self-Forcing DMD at 1 step against 4 steps", "sf_dmd_1step", "sf_dmd_4step",
+     ("sharpness_ratio", "fd", "bank_precision", "bank_coverage")),
+    ("The GAN fixes 1-step DMD: One-Forcing framewise against Self-Forcing DMD, both 1 step", "of_framewise_1step",
+     "sf_dmd_1step", ("sharpness_ratio", "fd", "bank_precision", "bank_coverage", "attr_colour")),
+    ("Consistency distillation's motion is weak at 1 step: causal consistency against One-Forcing framewise",
+     "consistency_1step", "of_framewise_1step", ("dynamics_ratio", "attr_direction", "flicker_excess", "fd")),
+    ("Framewise matches chunkwise: One-Forcing framewise against chunkwise, both 1 step", "of_framewise_1step",
+     "of_chunkwise_1step", ("fd", "sharpness_ratio", "bank_precision", "bank_coverage")),
+]
 CURVES = ("bank_precision", "bank_coverage", "sharpness_ratio", "dynamics_ratio", "attr_colour", "attr_direction",
           "attr_shape", "fd")
 
@@ -231,7 +242,8 @@ class Study:
                   "each training is `oneforcing fit --config <results>/<run>/config.yaml`: the recipe with the study's "
                   "settings over it."]
         (report / "commands.md").write_text("\n".join(lines) + "\n")
-        print(f"Report: {report / 'report.md'}, {report / 'curves.png'}")
+        (report / "claims.md").write_text(claims_table(self.results, self.args.seeds))
+        print(f"Report: {report / 'report.md'}, {report / 'curves.png'}, {report / 'claims.md'}")
 
 
 def scaled_to(init: dict, num_frames: int) -> dict:
@@ -268,6 +280,39 @@ def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict
                 curves[method][metric] = {"steps": steps,
                                           "values": [[run[metric][step] for run in per_seed] for step in steps]}
     return curves
+
+
+def claims_table(results: Path, seeds: list[int]) -> str:
+    """Markdown: for each claim (``CLAIMS``) and metric, A and B as mean ± sample std over their finished seeds,
+    A − B, and a verdict: a difference only when both have at least 2 seeds and |A − B| exceeds the sum of the two
+    stds (so that neither seed band covers the other's mean); else "within spread" or "one seed: no spread"."""
+    def values(method: str, metric: str) -> list[float]:
+        out = []
+        for seed in seeds:
+            path = results / f"{method}_seed{seed}" / "metrics.json"
+            if path.is_file() and metric in (metrics := json.loads(path.read_text())):
+                out.append(float(metrics[metric]))
+        return out
+
+    lines = ["# The paper's claims on the toy", "",
+             "A − B with A and B as mean ± sample std over seeds. A difference counts when both have ≥ 2 seeds and "
+             "|A − B| > std(A) + std(B).", ""]
+    for claim, a, b, metrics in CLAIMS:
+        lines += [f"## {claim}", "", f"| metric | A: {a} | B: {b} | A − B | verdict |", "|---|---|---|---|---|"]
+        for metric in metrics:
+            va, vb = values(a, metric), values(b, metric)
+            if not va or not vb:
+                lines.append(f"| {metric} | {len(va)} seeds | {len(vb)} seeds | – | not run |")
+                continue
+            (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
+            if min(len(va), len(vb)) < 2:
+                verdict = "one seed: no spread"
+            else:
+                verdict = "differs" if abs(ma - mb) > sa + sb else "within spread"
+            lines.append(f"| {metric} | {ma:.3g} ± {sa:.2g} (n={len(va)}) | {mb:.3g} ± {sb:.2g} (n={len(vb)}) | "
+                         f"{ma - mb:+.3g} | {verdict} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import statistics
 import sys
@@ -251,3 +252,23 @@ def test_report_only_reports_the_finished_runs_and_trains_nothing(toy_study, tmp
     monkeypatch.setattr(sys, "argv", [*argv[:-2], "2"])
     with pytest.raises(SystemExit, match=r"No finished run of .* seeds \[2\]"):
         toy_study.main()
+
+
+def test_claims_count_a_difference_only_beyond_the_seed_spread(toy_study, tmp_path):
+    """A − B and its verdict per claim and metric: 'differs' only with ≥ 2 seeds each and |A − B| > std(A) + std(B)."""
+    sharpness = {"sf_dmd_1step": [0.30, 0.32], "sf_dmd_4step": [0.20, 0.22],  # 0.10 apart, stds 0.014: differs
+                 "of_framewise_1step": [0.31, 0.40], "of_chunkwise_1step": [0.33]}  # spread 0.064 > 0.045 apart
+    for method, per_seed in sharpness.items():
+        for seed, value in enumerate(per_seed):
+            run = tmp_path / f"{method}_seed{seed}"
+            run.mkdir()
+            (run / "metrics.json").write_text(json.dumps({"sharpness_ratio": value}))
+    text = toy_study.claims_table(tmp_path, [0, 1, 2])
+    sections = text.split("## ")[1:]
+    blur, gan, consistency, chunk = ({line.split(" | ")[0].lstrip("| "): line for line in s.splitlines()
+                                      if line.startswith("| ")} for s in sections)
+    assert blur["sharpness_ratio"].endswith("| +0.1 | differs |")
+    assert "(n=2)" in blur["sharpness_ratio"]
+    assert gan["sharpness_ratio"].endswith("| within spread |")  # 0.355 ± 0.064 against 0.31 ± 0.014
+    assert chunk["sharpness_ratio"].endswith("| one seed: no spread |")
+    assert consistency["dynamics_ratio"].endswith("| not run |")
