@@ -290,7 +290,7 @@ def claims_table(results: Path, seeds: list[int]) -> str:
         out = []
         for seed in seeds:
             path = results / f"{method}_seed{seed}" / "metrics.json"
-            if path.is_file() and metric in (metrics := json.loads(path.read_text())):
+            if path.is_file() and metric in (metrics := json.loads(path.read_text())["metrics"]):  # `evaluate`'s
                 out.append(float(metrics[metric]))
         return out
 

@@ -262,7 +262,7 @@ def test_claims_count_a_difference_only_beyond_the_seed_spread(toy_study, tmp_pa
         for seed, value in enumerate(per_seed):
             run = tmp_path / f"{method}_seed{seed}"
             run.mkdir()
-            (run / "metrics.json").write_text(json.dumps({"sharpness_ratio": value}))
+            (run / "metrics.json").write_text(json.dumps({"label": method, "metrics": {"sharpness_ratio": value}}))
     text = toy_study.claims_table(tmp_path, [0, 1, 2])
     sections = text.split("## ")[1:]
     blur, gan, consistency, chunk = ({line.split(" | ")[0].lstrip("| "): line for line in s.splitlines()
