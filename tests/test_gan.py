@@ -63,8 +63,9 @@ def make_ctx(fake, real, seed=0):
                        rollout_fn=lambda grad: Rollout(fake, torch.ones(fake.shape[1], dtype=torch.bool), 0, 0))
 
 
-def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(monkeypatch):
-    g = torch.Generator().manual_seed(1)
+def linear_discriminator(monkeypatch, seed: int):
+    """fake, real latents and D(x) = <w, x> standing in for GAN.scores, which records each call's (x, σ)."""
+    g = torch.Generator().manual_seed(seed)
     fake, real = torch.randn(3, 4, 2, 2, 2, generator=g), torch.randn(3, 4, 2, 2, 2, generator=g)
     w = torch.randn(4, 2, 2, 2, generator=g)
     calls = []
@@ -74,6 +75,11 @@ def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(mo
         return (x * w).flatten(1).sum(1), None
 
     monkeypatch.setattr(GAN, "scores", toy_scores)
+    return fake, real, w, calls
+
+
+def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(monkeypatch):
+    fake, real, w, calls = linear_discriminator(monkeypatch, 1)
     gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r2_weight=0.001, r2_sigma=0.01)
     total, logs = gan.critic_loss(make_ctx(fake, real))
     both, sigma = calls[0]
@@ -96,16 +102,7 @@ def test_critic_loss_draws_sigma_at_its_own_shift_and_divides_r1_when_asked(monk
     'divided' is ½·mean((Δ/σ1)²) through the whole critic loss."""
     from oneforcing.objectives.timesteps import sample_score_sigma
 
-    g = torch.Generator().manual_seed(3)
-    fake, real = torch.randn(3, 4, 2, 2, 2, generator=g), torch.randn(3, 4, 2, 2, 2, generator=g)
-    w = torch.randn(4, 2, 2, 2, generator=g)
-    calls = []
-
-    def toy_scores(self, ctx, x, sigma, context):
-        calls.append((x.clone(), sigma.clone()))
-        return (x * w).flatten(1).sum(1), None
-
-    monkeypatch.setattr(GAN, "scores", toy_scores)
+    fake, real, w, calls = linear_discriminator(monkeypatch, 3)
     gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r1_kind="divided",
               critic_timestep_shift=2.0)
     total, _ = gan.critic_loss(make_ctx(fake, real, seed=7))
