@@ -13,7 +13,8 @@ checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
      (``metrics.json``, ``metrics.md``, samples), the TensorBoard events (``events/``: the learning curves), the
      run's ``config.yaml`` and ``command.txt``, and for seed 0 the float16 weights (the demo's students);
   4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
-     method the mean over seeds with a band of ± one sample std) and ``commands.md`` (every command run).
+     method the mean over seeds with a band of ± one sample std), ``commands.md`` (every command run), ``claims.md``
+     (each claim's A − B against the seed spread) and ``summary.md`` (the README's table).
 
 Every run has the data's frame count (``oneforcing data toy --num-frames``); a recipe's gradient window and first
 block are scaled with it (``scaled_to``: 8 and 4 of 12 frames are 4 and 2 of 6).
@@ -67,6 +68,22 @@ CLAIMS: list[tuple[str, str, str, tuple[str, ...]]] = [
      "consistency_1step", "of_framewise_1step", ("dynamics_ratio", "attr_direction", "flicker_excess", "fd")),
     ("Framewise matches chunkwise: One-Forcing framewise against chunkwise, both 1 step", "of_framewise_1step",
      "of_chunkwise_1step", ("fd", "sharpness_ratio", "bank_precision", "bank_coverage")),
+]
+# The README's summary: (display name, method) rows and (header, metric, digits) columns
+SUMMARY_ROWS: list[tuple[str, str]] = [
+    ("ODE init (4 steps, the common start)", "ode_init"),
+    ("Self-Forcing DMD, 4 steps", "sf_dmd_4step"),
+    ("Self-Forcing DMD, 1 step", "sf_dmd_1step"),
+    ("One-Forcing framewise, 1 step", "of_framewise_1step"),
+    ("One-Forcing framewise + first-frame enhancement", "of_framewise_1step_ffe"),
+    ("One-Forcing chunkwise, 1 step", "of_chunkwise_1step"),
+    ("One-Forcing chunkwise + first-chunk enhancement", "of_chunkwise_1step_ffe"),
+    ("causal consistency, 1 step", "consistency_1step"),
+]
+SUMMARY_COLUMNS: list[tuple[str, str, int]] = [
+    ("FD", "fd", 1), ("sharpness", "sharpness_ratio", 2), ("dynamics", "dynamics_ratio", 2),
+    ("colour", "attr_colour", 2), ("direction", "attr_direction", 2), ("precision", "bank_precision", 3),
+    ("coverage", "bank_coverage", 3),
 ]
 CURVES = ("bank_precision", "bank_coverage", "sharpness_ratio", "dynamics_ratio", "attr_colour", "attr_direction",
           "attr_shape", "fd")
@@ -243,7 +260,9 @@ class Study:
                   "settings over it."]
         (report / "commands.md").write_text("\n".join(lines) + "\n")
         (report / "claims.md").write_text(claims_table(self.results, self.args.seeds))
-        print(f"Report: {report / 'report.md'}, {report / 'curves.png'}, {report / 'claims.md'}")
+        (report / "summary.md").write_text(summary_table(self.results, self.args.seeds))
+        print(f"Report: {report / 'report.md'}, {report / 'curves.png'}, {report / 'claims.md'}, "
+              f"{report / 'summary.md'}")
 
 
 def scaled_to(init: dict, num_frames: int) -> dict:
@@ -282,25 +301,48 @@ def learning_curves(results: Path, methods: list[str], seeds: list[int]) -> dict
     return curves
 
 
+def seed_values(results: Path, run: str, metric: str, seeds: list[int]) -> list[float]:
+    """``metric`` of each finished seed of ``run`` (``RESULTS/<run>_seed<s>/metrics.json``; the ODE init is one run
+    without a seed suffix)."""
+    folders = [results / run] if run == "ode_init" else [results / f"{run}_seed{s}" for s in seeds]
+    out = []
+    for folder in folders:
+        path = folder / "metrics.json"
+        if path.is_file() and metric in (metrics := json.loads(path.read_text())["metrics"]):  # `evaluate`'s
+            out.append(float(metrics[metric]))
+    return out
+
+
+def summary_table(results: Path, seeds: list[int]) -> str:
+    """Markdown: the README's table, one row per method with its finished seeds, mean ± sample std per column."""
+    lines = ["| method | seeds | " + " | ".join(h for h, _, _ in SUMMARY_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(SUMMARY_COLUMNS)]
+    for name, run in SUMMARY_ROWS:
+        cells, count = [], 0
+        for _, metric, digits in SUMMARY_COLUMNS:
+            values = seed_values(results, run, metric, seeds)
+            count = max(count, len(values))
+            if not values:
+                cells.append("–")
+                continue
+            mean, std = mean_std(values)
+            cells.append(f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else ""))
+        if count:
+            lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def claims_table(results: Path, seeds: list[int]) -> str:
     """Markdown: for each claim (``CLAIMS``) and metric, A and B as mean ± sample std over their finished seeds,
     A − B, and a verdict: a difference only when both have at least 2 seeds and |A − B| exceeds the sum of the two
     stds (so that neither seed band covers the other's mean); else "within spread" or "one seed: no spread"."""
-    def values(method: str, metric: str) -> list[float]:
-        out = []
-        for seed in seeds:
-            path = results / f"{method}_seed{seed}" / "metrics.json"
-            if path.is_file() and metric in (metrics := json.loads(path.read_text())["metrics"]):  # `evaluate`'s
-                out.append(float(metrics[metric]))
-        return out
-
     lines = ["# The paper's claims on the toy", "",
              "A − B with A and B as mean ± sample std over seeds. A difference counts when both have ≥ 2 seeds and "
              "|A − B| > std(A) + std(B).", ""]
     for claim, a, b, metrics in CLAIMS:
         lines += [f"## {claim}", "", f"| metric | A: {a} | B: {b} | A − B | verdict |", "|---|---|---|---|---|"]
         for metric in metrics:
-            va, vb = values(a, metric), values(b, metric)
+            va, vb = seed_values(results, a, metric, seeds), seed_values(results, b, metric, seeds)
             if not va or not vb:
                 lines.append(f"| {metric} | {len(va)} seeds | {len(vb)} seeds | – | not run |")
                 continue

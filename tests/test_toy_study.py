@@ -272,3 +272,24 @@ def test_claims_count_a_difference_only_beyond_the_seed_spread(toy_study, tmp_pa
     assert gan["sharpness_ratio"].endswith("| within spread |")  # 0.355 ± 0.064 against 0.31 ± 0.014
     assert chunk["sharpness_ratio"].endswith("| one seed: no spread |")
     assert consistency["dynamics_ratio"].endswith("| not run |")
+
+
+def test_summary_table_is_the_mean_and_sample_std_of_the_finished_seeds(toy_study, tmp_path):
+    """One row per method with its seed count; a method without a finished seed has no row; one seed has no ±."""
+    runs = {"ode_init": {"fd": 77.0, "bank_precision": 0.4341},
+            "sf_dmd_1step_seed0": {"fd": 40.0, "bank_precision": 0.25}, "sf_dmd_1step_seed2": {"fd": 44.0},
+            "sf_dmd_1step_seed3": {"fd": 1000.0},  # not among the seeds asked for
+            "of_framewise_1step_seed1": {"fd": 30.0}}
+    for run, metrics in runs.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps({"label": run, "metrics": metrics}))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+            for line in toy_study.summary_table(tmp_path, [0, 1, 2]).splitlines()[2:]}
+    assert list(rows) == ["ODE init (4 steps, the common start)", "Self-Forcing DMD, 1 step",
+                          "One-Forcing framewise, 1 step"]
+    assert rows["ODE init (4 steps, the common start)"][:2] == ["1", "77.0"]
+    assert rows["ODE init (4 steps, the common start)"][6] == "0.434"
+    assert rows["Self-Forcing DMD, 1 step"][:2] == ["2", "42.0 ± 2.8"]  # stdev(40, 44) = 2.83
+    assert rows["Self-Forcing DMD, 1 step"][2] == "–"  # no sharpness measured
+    assert rows["Self-Forcing DMD, 1 step"][6] == "0.250"  # one seed measured it: no ±
+    assert rows["One-Forcing framewise, 1 step"][:2] == ["1", "30.0"]
