@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test
+.PHONY: demo test test-engines
 
 # The CPU torch goes in first (it is on local disk here): installing lightning into an environment
 # without torch would pull a multi-GB CUDA build (design §11).
@@ -18,5 +18,9 @@ $(VENV)/installed: setup.cfg pyproject.toml
 demo: $(VENV)/installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
+# The default suite (about 5 min on 2 cores); the 2-process engine tests (about 20 min) are `make test-engines`.
 test: $(VENV)/installed
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not engines"
+
+test-engines: $(VENV)/installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m engines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import describe, run_cli, tiny_fit_args
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engines
 
 
 def test_two_process_ddp_fit_on_cpu(toy_data, tmp_path):

@@ -20,7 +20,7 @@ import yaml
 from conftest import RECIPE_FRAMES, RECIPE_SIZE, REPO_ROOT, SUBPROCESS_ENV, TINY_BACKBONE, describe
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engines
 TOY = REPO_ROOT / "configs" / "toy"
 RECIPES = sorted(c for c in TOY.glob("*.yaml") if c.name not in ("teacher.yaml", "feature_net.yaml"))
 ONE_FORCING = TOY / "one_forcing_framewise_1step.yaml"

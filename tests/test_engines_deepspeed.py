@@ -20,7 +20,7 @@ from conftest import REPO_ROOT, SUBPROCESS_ENV, describe
 from safetensors.torch import load_file
 from test_engines import ONE_FORCING, RECIPES, SCHEDULE, fit, scalars, shrunk
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engines
 
 
 # ZeRO-3 with every parameter partitioned, as a Wan model's matrices are (at DeepSpeed's default persistence
