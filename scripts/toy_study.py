@@ -14,7 +14,8 @@ checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
      run's ``config.yaml`` and ``command.txt``, and for seed 0 the float16 weights (the demo's students);
   4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
      method the mean over seeds with a band of ± one sample std), ``commands.md`` (every command run), ``claims.md``
-     (each claim's A − B against the seed spread) and ``summary.md`` (the README's table).
+     (each claim's A − B against the seed spread), ``summary.md`` (the README's table) and ``convergence.md`` (each
+     curve's change over its last 300 iterations against the seed spread).
 
 Every run has the data's frame count (``oneforcing data toy --num-frames``); a recipe's gradient window and first
 block are scaled with it (``scaled_to``: 8 and 4 of 12 frames are 4 and 2 of 6).
@@ -261,8 +262,9 @@ class Study:
         (report / "commands.md").write_text("\n".join(lines) + "\n")
         (report / "claims.md").write_text(claims_table(self.results, self.args.seeds))
         (report / "summary.md").write_text(summary_table(self.results, self.args.seeds))
+        (report / "convergence.md").write_text(convergence_table(curves))
         print(f"Report: {report / 'report.md'}, {report / 'curves.png'}, {report / 'claims.md'}, "
-              f"{report / 'summary.md'}")
+              f"{report / 'summary.md'}, {report / 'convergence.md'}")
 
 
 def scaled_to(init: dict, num_frames: int) -> dict:
@@ -355,6 +357,41 @@ def claims_table(results: Path, seeds: list[int]) -> str:
                          f"{ma - mb:+.3g} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
+
+
+CONVERGENCE = ("fd", "sharpness_ratio", "bank_precision", "bank_coverage")
+
+
+def convergence_table(curves: dict, window: int = 300) -> str:
+    """Markdown: has each method's curve flattened? Per method and metric, the change over the last ``window``
+    iterations (each seed's own change, mean ± std) against the seeds' spread at the last evaluation: "flat" when
+    |change| ≤ that spread (the last ``window`` iterations moved the metric less than the seeds differ), else "still
+    falling" / "still rising"; one seed has no spread to judge by."""
+    lines = [f"# Have the curves flattened? Change over the last {window} iterations", "",
+             "Per seed, metric(last) − metric(last − window); mean ± std over seeds. Flat when |change| ≤ the seeds' "
+             "std at the last evaluation.", "",
+             "| method | metric | iterations | last (mean ± std) | change | verdict |", "|---|---|---|---|---|---|"]
+    for method, by_metric in curves.items():
+        for metric in CONVERGENCE:
+            if metric not in by_metric:
+                continue
+            steps, values = by_metric[metric]["steps"], by_metric[metric]["values"]
+            last, start = steps[-1], steps[-1] - window
+            if start not in steps:
+                lines.append(f"| {method} | {metric} | {steps[0]}–{last} | – | – | shorter than {window} |")
+                continue
+            first = values[steps.index(start)]
+            changes = [b - a for a, b in zip(first, values[-1])]
+            (m_last, s_last), (m_change, s_change) = mean_std(values[-1]), mean_std(changes)
+            if len(changes) < 2:
+                verdict = "one seed: no spread"
+            elif abs(m_change) <= s_last:
+                verdict = "flat"
+            else:
+                verdict = "still falling" if m_change < 0 else "still rising"
+            lines.append(f"| {method} | {metric} | {start}–{last} | {m_last:.3g} ± {s_last:.2g} | "
+                         f"{m_change:+.3g} ± {s_change:.2g} | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -293,3 +293,22 @@ def test_summary_table_is_the_mean_and_sample_std_of_the_finished_seeds(toy_stud
     assert rows["Self-Forcing DMD, 1 step"][2] == "–"  # no sharpness measured
     assert rows["Self-Forcing DMD, 1 step"][6] == "0.250"  # one seed measured it: no ±
     assert rows["One-Forcing framewise, 1 step"][:2] == ["1", "30.0"]
+
+
+def test_a_curve_is_flat_only_when_its_last_change_is_within_the_seed_spread(toy_study):
+    """Each seed's change over the window, against the std of the last values; one seed or a short run: no verdict."""
+    def curve(by_step):
+        return {"steps": sorted(by_step), "values": [by_step[s] for s in sorted(by_step)]}
+
+    curves = {"sf_dmd_1step": {"fd": curve({600: [50.0, 52.0], 700: [48.0, 50.0], 1000: [40.0, 44.0]}),  # −7 ± 1.4
+                               "bank_coverage": curve({700: [0.15, 0.16], 1000: [0.17, 0.13]})},  # +0.005 ± 2.8e-2
+              "of_framewise_1step": {"fd": curve({700: [30.0, 30.0], 1000: [34.0, 34.0]}),  # std 0: +4 rising
+                                     "bank_precision": curve({100: [0.3, 0.3], 300: [0.2, 0.2]})},
+              "consistency_1step": {"fd": curve({700: [88.0], 1000: [87.0]})}}
+    rows = {tuple(line.split(" | ")[:2]): line for line in toy_study.convergence_table(curves).splitlines()
+            if line.startswith("| ") and "---" not in line and "method" not in line}
+    assert rows[("| sf_dmd_1step", "fd")].endswith("| 700–1000 | 42 ± 2.8 | -7 ± 1.4 | still falling |")
+    assert rows[("| sf_dmd_1step", "bank_coverage")].endswith("| flat |")
+    assert rows[("| of_framewise_1step", "fd")].endswith("| +4 ± 0 | still rising |")
+    assert rows[("| of_framewise_1step", "bank_precision")].endswith("| shorter than 300 |")
+    assert rows[("| consistency_1step", "fd")].endswith("| one seed: no spread |")
