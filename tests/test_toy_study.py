@@ -30,6 +30,7 @@ def study_args(toy_study, tmp_path: Path, *extra: str) -> argparse.Namespace:
     (data / "train").mkdir(parents=True, exist_ok=True)
     (data / "train" / "index.json").write_text('{"num_frames": 6}')
     return toy_study.build_parser().parse_args(["--out", str(tmp_path / "study"), "--teacher", "neural.safetensors",
+                                                "--results", str(tmp_path / "results"),  # not the repository's kept runs
                                                 "--data", str(data), *extra])
 
 
