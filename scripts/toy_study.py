@@ -95,6 +95,8 @@ class Study:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.out, self.results = args, Path(args.out), Path(args.results)
+        # the common start: an ODE init kept by another study (--ode-init), else this study's own
+        self.ode_dir = Path(args.ode_init) if args.ode_init else self.results / "ode_init"
         self.commands: list[str] = []
 
     def exact_teacher(self) -> dict:
@@ -190,7 +192,10 @@ class Study:
 
     def ode_init(self) -> Path:
         """The kept ODE init (trained from the exact teacher's trajectories unless it is already kept)."""
-        a, kept = self.args, self.results / "ode_init" / "weights.safetensors"
+        a, kept = self.args, self.ode_dir / "weights.safetensors"
+        if a.ode_init and not (kept.is_file() and (self.ode_dir / "metrics.json").is_file()):
+            raise SystemExit(f"--ode-init {a.ode_init} is not a kept ODE init (weights.safetensors, config.yaml and "
+                             "metrics.json): point it at a study's RESULTS/ode_init, e.g. docs/study/ode_init.")
         if kept.is_file():
             frames = yaml.safe_load((kept.parent / "config.yaml").read_text())["model"]["init_args"]["num_frames"]
             if frames != self.num_frames:
@@ -449,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="w of the exact teacher's CFG in the trajectories, DMD and consistency (1: the bank's own "
                         "distribution)")
     p.add_argument("--bank-size", type=int, default=16, help="exact teacher's (and bank metrics') videos per caption")
+    p.add_argument("--ode-init", default=None, metavar="DIR",
+                   help="start every student from this kept ODE init (another study's RESULTS/ode_init, e.g. "
+                        "docs/study/ode_init) instead of training one: a longer or extra run of the same study")
     p.add_argument("--ode-iterations", type=int, default=600)
     p.add_argument("--trajectories", type=int, default=1024)
     p.add_argument("--eval-every", type=int, default=100, help="iterations between eval/* logs and checkpoints")
@@ -479,7 +487,7 @@ def main() -> None:
         targets = kept_runs(study.results, args.methods, args.seeds)
         if not targets:
             sys.exit(f"No finished run of {args.methods} × seeds {args.seeds} in {study.results}: nothing to report.")
-        init = study.results / "ode_init"
+        init = study.ode_dir
         study.report([init, *targets] if (init / "metrics.json").is_file() else targets)
         return
     for split in ("train", "val"):
@@ -494,17 +502,17 @@ def main() -> None:
                  f"--eval-every {args.eval_every} (a resumed run restarts from the last checkpoint).")
     study = Study(args)
     ode = study.ode_init()
-    if not (study.results / "ode_init" / "metrics.json").is_file():
-        study.evaluate("ode_init", 0, ode, study.results / "ode_init")
+    if not (study.ode_dir / "metrics.json").is_file():
+        study.evaluate("ode_init", 0, ode, study.ode_dir)
     if args.ode_init_only:
-        print(f"ODE init kept in {study.results / 'ode_init'}; run again without --ode-init-only for the students.")
+        print(f"ODE init kept in {study.ode_dir}; run again without --ode-init-only for the students.")
         return
     print("== students", flush=True)
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     with ThreadPoolExecutor(args.jobs) as pool:
         targets = list(pool.map(lambda job: study.student(job[0], job[1], ode), jobs))
     print("== report", flush=True)
-    study.report([study.results / "ode_init", *targets])
+    study.report([study.ode_dir, *targets])
 
 
 if __name__ == "__main__":

@@ -313,3 +313,20 @@ def test_a_curve_is_flat_only_when_its_last_change_is_within_the_seed_spread(toy
     assert rows[("| of_framewise_1step", "fd")].endswith("| +4 ± 0 | still rising |")
     assert rows[("| of_framewise_1step", "bank_precision")].endswith("| shorter than 300 |")
     assert rows[("| consistency_1step", "fd")].endswith("| one seed: no spread |")
+
+
+def test_ode_init_option_starts_from_another_studys_kept_init(toy_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    kept = tmp_path / "first" / "ode_init"
+    args = study_args(toy_study, tmp_path, "--results", str(tmp_path / "long"), "--ode-init", str(kept))
+    study = toy_study.Study(args)
+    ran = []
+    monkeypatch.setattr(study, "run", fake_commands(tmp_path, ran))
+    with pytest.raises(SystemExit, match="--ode-init .* is not a kept ODE init"):
+        study.ode_init()  # nothing there: no silent training of a new one
+    kept.mkdir(parents=True)
+    (kept / "weights.safetensors").write_bytes(b"the first study's init")
+    (kept / "metrics.json").write_text("{}")
+    (kept / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"num_frames": 6}}}))
+    assert study.ode_init() == kept / "weights.safetensors" and ran == []  # no trajectories, no training
+    assert not (tmp_path / "long" / "ode_init").exists()
