@@ -14,8 +14,9 @@ checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
      run's ``config.yaml`` and ``command.txt``, and for seed 0 the float16 weights (the demo's students);
   4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
      method the mean over seeds with a band of ± one sample std), ``commands.md`` (every command run), ``claims.md``
-     (each claim's A − B against the seed spread), ``summary.md`` (the README's table) and ``convergence.md`` (each
-     curve's change over its last 300 iterations against the seed spread).
+     (each claim's A − B against the seed spread), ``summary.md`` (the README's table), ``convergence.md`` (each
+     curve's change over its last 300 iterations against the seed spread) and ``milestones.md`` (each curve every
+     1000 iterations).
 
 Every run has the data's frame count (``oneforcing data toy --num-frames``); a recipe's gradient window and first
 block are scaled with it (``scaled_to``: 8 and 4 of 12 frames are 4 and 2 of 6).
@@ -268,8 +269,9 @@ class Study:
         (report / "claims.md").write_text(claims_table(self.results, self.args.seeds))
         (report / "summary.md").write_text(summary_table(self.results, self.args.seeds))
         (report / "convergence.md").write_text(convergence_table(curves))
+        (report / "milestones.md").write_text(milestones_table(curves))
         print(f"Report: {report / 'report.md'}, {report / 'curves.png'}, {report / 'claims.md'}, "
-              f"{report / 'summary.md'}, {report / 'convergence.md'}")
+              f"{report / 'summary.md'}, {report / 'convergence.md'}, {report / 'milestones.md'}")
 
 
 def scaled_to(init: dict, num_frames: int) -> dict:
@@ -396,6 +398,29 @@ def convergence_table(curves: dict, window: int = 300) -> str:
                 verdict = "still falling" if m_change < 0 else "still rising"
             lines.append(f"| {method} | {metric} | {start}–{last} | {m_last:.3g} ± {s_last:.2g} | "
                          f"{m_change:+.3g} ± {s_change:.2g} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def milestones_table(curves: dict, every: int = 1000) -> str:
+    """Markdown: each method's curves at every ``every`` iterations (mean ± std over seeds; the in-training
+    evaluation's videos), so a longer run shows where the 1000-iteration values went."""
+    columns = max((max(c[m]["steps"]) // every for c in curves.values() for m in CONVERGENCE if m in c), default=0)
+    lines = [f"# The curves every {every} iterations (in-training evaluation; mean ± std over seeds)", "",
+             "| method | metric | seeds | " + " | ".join(str(k * every) for k in range(1, columns + 1)) + " |",
+             "|---|---|---|" + "---|" * columns]
+    for method, by_metric in curves.items():
+        for metric in CONVERGENCE:
+            if metric not in by_metric:
+                continue
+            steps, values = by_metric[metric]["steps"], by_metric[metric]["values"]
+            cells = []
+            for k in range(1, columns + 1):
+                if k * every in steps:
+                    mean, std = mean_std(values[steps.index(k * every)])
+                    cells.append(f"{mean:.3g} ± {std:.2g}")
+                else:
+                    cells.append("–")
+            lines.append(f"| {method} | {metric} | {len(values[-1])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

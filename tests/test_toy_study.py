@@ -330,3 +330,18 @@ def test_ode_init_option_starts_from_another_studys_kept_init(toy_study, tmp_pat
     (kept / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"num_frames": 6}}}))
     assert study.ode_init() == kept / "weights.safetensors" and ran == []  # no trajectories, no training
     assert not (tmp_path / "long" / "ode_init").exists()
+
+
+def test_milestones_are_the_curves_every_thousand_iterations(toy_study):
+    def curve(by_step):
+        return {"steps": sorted(by_step), "values": [by_step[s] for s in sorted(by_step)]}
+
+    curves = {"sf_dmd_1step": {"fd": curve({900: [1.0, 1.0], 1000: [50.0, 52.0], 2000: [40.0, 44.0],
+                                            3000: [30.0, 30.0]})},
+              "of_framewise_1step": {"fd": curve({1000: [45.0], 1100: [44.0]}),
+                                     "attr_colour": curve({1000: [0.5]})}}  # not one of the table's metrics
+    lines = toy_study.milestones_table(curves).splitlines()
+    assert lines[2] == "| method | metric | seeds | 1000 | 2000 | 3000 |"
+    assert lines[4] == "| sf_dmd_1step | fd | 2 | 51 ± 1.4 | 42 ± 2.8 | 30 ± 0 |"
+    assert lines[5] == "| of_framewise_1step | fd | 1 | 45 ± 0 | – | – |"  # a shorter run: no later values
+    assert len(lines) == 6
