@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the built-in default (run through `make demo`), about 15 minutes on 2 CPU cores. The toy study's
+# The main job on the built-in default (run through `make demo`), about 7 minutes on 2 CPU cores. The toy study's
 # pipeline (scripts/toy_study.py) at a small scale, then the study's own students:
 #   1. a small toy world as webdataset shards (400 train + 16 val videos of 6 frames, 32x32, one object on flat);
 #   2. ODE trajectories of the exact teacher (the closed-form posterior mean over a bank of the world's videos):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +30,15 @@ TINY_SIZE = 16
 TINY_TRAIN_VIDEOS = 32
 TINY_VAL_VIDEOS = 8
 TINY_SEED = 0
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as module ``name`` (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_tiny_data(root: Path, seed: int = TINY_SEED, samples_per_shard: int = 16) -> Path:

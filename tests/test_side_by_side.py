@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import REPO_ROOT as REPO, load_script
 
 from oneforcing.data.exact_bank import caption_videos
 
-REPO = Path(__file__).resolve().parents[1]
 STUDENT = REPO / "docs" / "study" / "sf_dmd_1step_seed0" / "weights.safetensors"  # kept by the study
 PROMPTS = ["a large red circle moving right slowly", "a small blue square moving left quickly"]
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("side_by_side", REPO / "scripts" / "side_by_side.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["side_by_side"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("side_by_side")
 
 
 def test_world_row_is_the_bank_video_of_each_prompt_at_the_students_length(script):

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT as REPO, load_script
 
 
 @pytest.fixture(scope="module")
 def toy_study():
-    spec = importlib.util.spec_from_file_location("toy_study", REPO / "scripts" / "toy_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["toy_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("toy_study")
 
 
 def study_args(toy_study, tmp_path: Path, *extra: str) -> argparse.Namespace:
