@@ -366,3 +366,27 @@ def test_the_exact_teachers_trajectories_end_on_bank_videos_of_their_caption(toy
     with pytest.raises(ValueError, match="covers one-object videos.*--max-objects 1"):
         export(EXACT_TEACHER, textured_two / "train", tmp_path / "bad2", num_videos=1, bank_size=2)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_the_exact_teachers_autoregressive_trajectories_are_causal_and_end_on_bank_videos(toy_data, tmp_path):
+    """--autoregressive: frame by frame over its own frames; the index says so, outputs are bank videos, and the
+    snapshots at σ = 1 are the noise itself (each frame's integration starts there)."""
+    from oneforcing.data.exact_bank import caption_videos
+
+    source = copy_split(toy_data / "train", tmp_path / "src", 2)
+    index, samples = export(EXACT_TEACHER, source, tmp_path / "out", num_videos=2, bank_size=3, bank_seed=7,
+                            autoregressive=True, guidance_scale=1.0)
+    assert index["order"] == "autoregressive"
+    codec = SpaceToDepthCodec(factor=2)
+    for sample in samples:
+        bank = codec.encode(caption_videos(sample["caption"], 3, seed=7, num_frames=TINY_FRAMES, frame_size=TINY_SIZE))
+        distances = (bank - sample["ode_output"].float()).flatten(1).norm(dim=1)
+        assert float(distances.min()) < 0.05 * float((bank[0] - bank[1]).norm())
+        noise = torch.randn(sample["ode_output"].shape, generator=torch.Generator().manual_seed(sample["attributes"]["noise_seed"]))
+        assert torch.allclose(sample["trajectory"][0].float(), noise, atol=1e-2), "every frame starts from its noise"
+    assert read_split(tmp_path / "out")[0]["order"] == "autoregressive"
+    joint, _ = export(EXACT_TEACHER, source, tmp_path / "joint", num_videos=1, bank_size=3, bank_seed=7)
+    assert joint["order"] == "joint"
+    with pytest.raises(ValueError, match="--autoregressive samples the exact teacher"):
+        export(tmp_path / "teacher.safetensors", source, tmp_path / "bad", num_videos=1, autoregressive=True)
+    assert not (tmp_path / "bad").exists()

@@ -73,3 +73,38 @@ def test_consistency_config_errors():
     with pytest.raises(ValueError, match="not on the 10-step consistency grid"):
         DistillationModule([ConsistencyDistillation(num_grid_steps=10)], backbone=TINY, teacher_weights="t",
                            denoising_steps=[1000, 750, 500, 250], ema_start=0)
+
+
+def test_a_causal_teacher_steps_in_teacher_forcing_on_the_students_clean_context():
+    """causal_teacher: the target's Euler step is the teacher's teacher-forcing velocity on the ground truth (what
+    the student sees), not its joint velocity over the noisy video."""
+    torch.manual_seed(0)
+    cfg = WanConfig(**TINY)
+    student, ema, teacher = CausalWanBackbone(cfg), CausalWanBackbone(cfg), CausalWanBackbone(cfg)
+    ema.load_state_dict(student.state_dict())
+    seen = {}
+    original = teacher.forward_teacher_forcing
+
+    def spy(x, sigma, context, clean):
+        seen["clean"], seen["x"] = clean.clone(), x.clone()
+        return original(x, sigma, context, clean)
+
+    teacher.forward_teacher_forcing = spy
+    real = torch.randn(2, 3, 12, 8, 8)
+
+    def ctx(models):
+        return StepContext(batch={}, context=torch.randn(2, 5, 46, generator=torch.Generator().manual_seed(1)),
+                           uncond_context=torch.zeros(2, 5, 46), real_latents=real, models=models,
+                           rng=torch.Generator().manual_seed(3), iteration=0)
+
+    models = {"generator": student, "generator_ema": ema, "teacher": teacher}
+    causal, _ = ConsistencyDistillation(num_grid_steps=8, guidance_scale=2.0, causal_teacher=True).generator_loss(ctx(models))
+    assert torch.equal(seen["clean"], torch.cat([real, real])), "CFG's 2B batch sees the ground truth twice"
+    seen.clear()
+    joint, _ = ConsistencyDistillation(num_grid_steps=8, guidance_scale=2.0).generator_loss(ctx(models))
+    assert not seen and not torch.allclose(causal, joint), "the default steps the teacher jointly"
+    bidirectional = {**models, "teacher": WanBackbone(cfg)}
+    with pytest.raises(TypeError, match="needs a causal teacher.*set causal_teacher: false"):
+        ConsistencyDistillation(num_grid_steps=8, causal_teacher=True).generator_loss(ctx(bidirectional))
+    with pytest.raises(ValueError, match="set teacher_forcing: true"):
+        ConsistencyDistillation(teacher_forcing=False, causal_teacher=True)

@@ -288,3 +288,45 @@ def test_the_spatial_factor_of_a_trained_teacher_is_refused():
     with pytest.raises(ValueError, match="--spatial-factor sets the exact teacher's codec; a trained teacher's codec "
                                          "follows from its weights"):
         export_trajectories("teacher.safetensors", "nowhere", "out", spatial_factor=4)
+
+
+def test_teacher_forcing_gives_the_causal_posterior_of_each_frame(bank):
+    """Frame f's x̂0 sees the clean frames before f and nothing after: on a bank entry's context it is that entry's
+    frame f; frame 0 is the posterior of frame 0 alone (later frames at σ = 1 carry no information)."""
+    teacher, embeddings, by_caption = bank
+    clean = torch.stack([by_caption[0][1], by_caption[1][0]]).float()  # (2, F, ...), entries of captions 0 and 1
+    sigma = torch.tensor([0.6, 0.8])
+    x = add_noise(clean, torch.randn(clean.shape, generator=torch.Generator().manual_seed(4)), sigma)
+    s = sigma[:, None].expand(2, 3)
+    v = teacher.forward_teacher_forcing(x, s, contexts(embeddings, [0, 1]), clean)
+    x0 = x - s[..., None, None, None] * v
+    assert torch.allclose(x0[:, 1:], clean[:, 1:], atol=1e-4), "the clean context pins the entry"
+    for b, group in enumerate([0, 1]):
+        alone = torch.tensor([float(sigma[b]), 1.0, 1.0], dtype=torch.float64)
+        expected, _ = brute_force(x[b].double(), alone, by_caption[group])
+        assert torch.allclose(x0[b, 0].double(), expected[0], atol=1e-5)
+    joint = teacher(x, s, contexts(embeddings, [0, 1]))
+    assert not torch.allclose(joint[:, 0], v[:, 0], atol=1e-3), "frame 0 differs from the joint posterior's"
+    with pytest.raises(ValueError, match="clean context .* must match x"):
+        teacher.forward_teacher_forcing(x, s, contexts(embeddings, [0, 1]), clean[:, :2])
+
+
+def test_autoregressive_sampling_makes_each_frame_independent_of_later_noise():
+    """``autoregressive_euler_sample``: frames ≤ f do not change when the noise of frames > f does, and each sample
+    is a bank video; the joint sampler's first frame does depend on the later noise (what a causal student can't see)."""
+    from oneforcing.sampling.euler import autoregressive_euler_sample
+
+    codec, encoder = SpaceToDepthCodec(factor=2), ToyTextEncoder()
+    videos = caption_videos(RED, 4, seed=7, num_frames=4, frame_size=16)
+    latents = codec.encode(videos)
+    teacher = ExactTeacher(latents, torch.zeros(4, dtype=torch.long), encoder([RED]), encoder([""])[0])
+    noise = torch.randn(6, *latents.shape[1:], generator=torch.Generator().manual_seed(0))
+    changed = noise.clone()
+    changed[:, 2:] = torch.randn(changed[:, 2:].shape, generator=torch.Generator().manual_seed(1))
+    context, grid = encoder([RED] * 6), euler_sigmas(24, 5.0)
+    ar = [autoregressive_euler_sample(teacher, n, context, grid) for n in (noise, changed)]
+    assert torch.allclose(ar[0][:, :2], ar[1][:, :2], atol=1e-6)
+    nearest = torch.cdist(ar[0].flatten(1), latents.flatten(1)).min(1).values
+    assert float(nearest.max()) < 0.02 * float(torch.pdist(latents.flatten(1)).min())
+    joint = [euler_sample(teacher, n, context, grid) for n in (noise, changed)]
+    assert (joint[0][:, 0] - joint[1][:, 0]).abs().amax() > 0.1

@@ -290,8 +290,9 @@ def test_the_exit_step_is_drawn_alike_on_every_rank_while_the_noise_differs(monk
 
 
 # --- trajectory, diffusion and consistency objectives -------------------------------------------------
-@pytest.mark.parametrize("flavour", ["bidirectional", "teacher_forcing"])
-def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(flavour):
+@pytest.mark.parametrize("flavour,clean_context", [("bidirectional", "ground_truth"), ("teacher_forcing", "ground_truth"),
+                                                   ("teacher_forcing", "ode_output")])
+def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(flavour, clean_context):
     generator = StubFullSequence(block_size=2)
     K = 3
     g = torch.Generator().manual_seed(0)
@@ -299,8 +300,9 @@ def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(f
     snapshot_sigmas = torch.tensor([1.0, 0.9, 0.7]).repeat(B, 1)
     ode_output, real = torch.randn(B, NF, C, H, W, generator=g), torch.randn(B, NF, C, H, W, generator=g)
     batch = {"trajectory": trajectory, "trajectory_sigmas": snapshot_sigmas, "ode_output": ode_output}
-    loss, _ = TrajectoryDistillation(flavour=flavour).generator_loss(
+    loss, _ = TrajectoryDistillation(flavour=flavour, clean_context=clean_context).generator_loss(
         context_for(ode_output, {"generator": generator}, real=real, batch=batch))
+    clean = ode_output if clean_context == "ode_output" else real
     (call,) = generator.calls
     x, sigma = call["x"], call["sigma"]  # (B, F, ...), (B, F)
     index = (sigma[..., None] - snapshot_sigmas[:, None, :]).abs().argmin(-1)  # (B, F) snapshot of each frame
@@ -312,10 +314,23 @@ def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(f
         v = generator.expected(x, sigma, contexts()[0])
     else:
         assert bool((index == index[:, :1]).all()), "one index for every frame"
-        assert torch.equal(call["clean"], real)
-        v = generator.expected_teacher_forcing(x, sigma, contexts()[0], real)
+        assert torch.equal(call["clean"], clean)
+        v = generator.expected_teacher_forcing(x, sigma, contexts()[0], clean)
     prediction = x - per_sample(sigma, x) * v
     assert torch.allclose(loss, (prediction - ode_output).square().mean(), rtol=1e-5)
+
+
+def test_trajectory_clean_context_is_validated_against_the_flavour_and_the_data():
+    with pytest.raises(ValueError, match="'ground_truth' or 'ode_output'"):
+        TrajectoryDistillation(flavour="teacher_forcing", clean_context="teacher")
+    with pytest.raises(ValueError, match="applies to flavour='teacher_forcing' only"):
+        TrajectoryDistillation(clean_context="ode_output")
+    autoregressive = {"kind": "trajectories", "order": "autoregressive"}
+    (problem,) = TrajectoryDistillation(flavour="teacher_forcing").check_data(autoregressive)
+    assert "set clean_context: ode_output" in problem
+    assert TrajectoryDistillation(flavour="teacher_forcing", clean_context="ode_output").check_data(autoregressive) == []
+    assert TrajectoryDistillation().check_data(autoregressive) == []  # noisy states: causal either way
+    assert TrajectoryDistillation(flavour="teacher_forcing").check_data({"order": "joint"}) == []
 
 
 @pytest.mark.parametrize("teacher_forcing", [True, False])

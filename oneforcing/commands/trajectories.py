@@ -41,7 +41,8 @@ from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import euler_sigmas, warped_step_sigmas
 from oneforcing.models.wan import WanConfig
 from oneforcing.models.wan_folder import BACKBONE_FIELDS, WanModelFolder, wan_components
-from oneforcing.sampling.euler import VelocityFn, euler_sample
+from oneforcing.sampling.euler import (VelocityFn, autoregressive_euler_sample, euler_sample,
+                                      teacher_forcing_velocity)
 
 TEACHER_KINDS = {"TeacherModule": "bidirectional", "DistillationModule": "causal_teacher_forcing"}
 EXACT = "exact"  # --teacher exact: the toy world's exact teacher over a bank of the world's videos
@@ -64,25 +65,6 @@ def snapshot_indices(grid: torch.Tensor, snapshot_sigmas: list[float], tolerance
     return indices
 
 
-def teacher_forcing_velocity(generator: CausalWanBackbone, clean: torch.Tensor) -> VelocityFn:
-    """The causal teacher's velocity ``v(x, σ, context)`` in teacher-forcing mode on the ground truth ``clean``.
-
-    σ (B,) puts all frames at the same noise level. CFG (``guided_velocity``) calls it once with the 2B batch
-    [x; x] and [context; uncond]: the clean context is then repeated to [clean; clean].
-    """
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        repeats, rest = divmod(x.shape[0], clean.shape[0])
-        if rest or x.shape[1:] != clean.shape[1:]:
-            raise ValueError(f"teacher forcing: noisy batch {tuple(x.shape)} does not fit the clean context "
-                             f"{tuple(clean.shape)}.")
-        per_frame = sigma[:, None].expand(-1, x.shape[1]) if sigma.ndim == 1 else sigma  # (B, F)
-        context_frames = clean.repeat(repeats, *([1] * (clean.ndim - 1))) if repeats > 1 else clean
-        return generator.forward_teacher_forcing(x, per_frame, context, clean=context_frames)
-
-    return velocity
-
-
 def sample_trajectory(velocity: VelocityFn, noise: torch.Tensor, context: torch.Tensor,
                       uncond_context: torch.Tensor, grid: torch.Tensor, guidance_scale: float,
                       indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +73,23 @@ def sample_trajectory(velocity: VelocityFn, noise: torch.Tensor, context: torch.
     output = euler_sample(velocity, noise, context, grid, uncond_context, guidance_scale,
                           on_step=lambda i, x, v: kept.__setitem__(i, x.clone()) if i in indices else None)
     return torch.stack([kept[i] for i in indices], dim=1), output
+
+
+def sample_autoregressive_trajectory(velocity: VelocityFn, noise: torch.Tensor, context: torch.Tensor,
+                                     uncond_context: torch.Tensor, grid: torch.Tensor, guidance_scale: float,
+                                     indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample_trajectory`` frame by frame (``autoregressive_euler_sample``): frame f's states at the grid
+    ``indices`` come from its own integration, over its clean earlier frames; (B, K, F, C, H, W), (B, F, C, H, W)."""
+    states = noise.new_zeros(noise.shape[0], len(indices), *noise.shape[1:])
+    position = {i: k for k, i in enumerate(indices)}
+
+    def record(start: int, i: int, x_block: torch.Tensor) -> None:
+        if i in position:
+            states[:, position[i], start:start + x_block.shape[1]] = x_block
+
+    output = autoregressive_euler_sample(velocity, noise, context, grid, uncond_context, guidance_scale,
+                                         block_size=1, on_step=record)
+    return states, output
 
 
 def _state_keys(path: Path) -> list[str]:
@@ -281,6 +280,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ema", dest="use_ema", type=bool | None, default=None,
                    help="causal teacher only: true the generator's EMA weights, false its raw weights "
                         "(default: EMA when the checkpoint has one)")
+    p.add_argument("--autoregressive", type=bool, default=False,
+                   help="--teacher exact: sample frame by frame, each frame over the teacher's own clean earlier "
+                        "frames (causal trajectories: frame f depends on the noise of frames <= f only)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int, default=256)
@@ -293,8 +295,14 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                         seed: int = 0, samples_per_shard: int = 256, progress: bool = True,
                         negative_prompt: str | None = None, block_size: int | None = None, use_ema: bool | None = None,
                         log: Callable[[str], None] = lambda message: None, bank_size: int = 16,
-                        bank_seed: int | None = None, spatial_factor: int | None = None) -> dict:
-    """Write the trajectory split; returns its index. Every input is checked before the first Euler step."""
+                        bank_seed: int | None = None, spatial_factor: int | None = None,
+                        autoregressive: bool = False) -> dict:
+    """Write the trajectory split; returns its index. Every input is checked before the first Euler step.
+
+    ``autoregressive`` (exact teacher only): each frame is integrated over the teacher's own clean earlier frames
+    (``sample_autoregressive_trajectory``): trajectories a causal student can regress onto. Their ``ode_output``
+    is then its own ground truth: train on them with ``TrajectoryDistillation(clean_context="ode_output")``.
+    """
     grid = euler_sigmas(steps, shift)
     snapshot_sigmas = warped_step_sigmas(snapshot_steps, shift)
     indices = snapshot_indices(grid, snapshot_sigmas)  # fail before loading anything
@@ -307,6 +315,10 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
         raise ValueError(f"Source split {source} carries no pixels or latents (its samples hold {members}): the "
                          "trajectories need the ground-truth videos. Point --source at a caption/video split "
                          "written by `oneforcing data toy` (e.g. data/toy/train).")
+    if autoregressive and str(teacher) != EXACT:
+        raise ValueError("--autoregressive samples the exact teacher frame by frame; a trained teacher's causal export "
+                         "is its teacher-forcing mode (a DistillationModule checkpoint). Use --teacher exact or drop "
+                         "--autoregressive.")
     if str(teacher) == EXACT and (block_size is not None or use_ema is not None):
         raise ValueError("--block-size and --ema choose a causal teacher's layout and weights; the exact teacher "
                          "has neither. Drop them.")
@@ -366,8 +378,8 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                 x0 = _ground_truth_latents(module, batch)  # (B, F, C, H, W)
                 noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed + done + i))
                                      for i in range(len(batch))])
-                trajectory, output = sample_trajectory(velocity_for(x0), noise, *contexts(batch), grid, guidance_scale,
-                                                       indices)
+                sample = sample_autoregressive_trajectory if autoregressive else sample_trajectory
+                trajectory, output = sample(velocity_for(x0), noise, *contexts(batch), grid, guidance_scale, indices)
                 for i, s in enumerate(batch):
                     attributes = dict(s["attributes"], trajectory_steps=steps, trajectory_shift=shift,
                                       trajectory_guidance=guidance_scale, noise_seed=seed + done + i)
@@ -381,7 +393,8 @@ def export_trajectories(teacher: str, source: str, out: str, num_videos: int | N
                     return
 
     meta = dict(kind="trajectories", teacher=str(teacher), steps=steps, shift=shift, guidance_scale=guidance_scale,
-                snapshot_sigmas=snapshot_sigmas, source=str(source), negative_prompt=negative_prompt, **fields)
+                snapshot_sigmas=snapshot_sigmas, source=str(source), negative_prompt=negative_prompt,
+                order="autoregressive" if autoregressive else "joint", **fields)
     if cached_prompts:
         meta.update({k: index[k] for k in ("context_length", "context_dim", "model_dir") if k in index})
     if cached_negative is not None:  # carried over: the trajectory split trains without a text encoder too
@@ -398,6 +411,7 @@ def trajectories_command(cfg) -> None:
                                 cfg.guidance_scale, cfg.snapshot_steps, cfg.batch_size, cfg.seed, cfg.samples_per_shard,
                                 negative_prompt=cfg.negative_prompt, block_size=cfg.block_size, use_ema=cfg.use_ema,
                                 log=console.print, bank_size=cfg.bank_size, bank_seed=cfg.bank_seed,
+                                autoregressive=cfg.autoregressive,
                                 spatial_factor=cfg.spatial_factor)
     console.print(f"[green]Wrote {index['total']} {index['teacher_kind']} trajectories to {cfg.out} in "
                   f"{time.perf_counter() - start:.0f} s")

@@ -154,6 +154,28 @@ class ExactTeacher(nn.Module):
             s = self._sigma(sigma, *x.shape[:2]).reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
             return ((x.double() - x0) / s).to(x.dtype)
 
+    def forward_teacher_forcing(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+                                clean: torch.Tensor) -> torch.Tensor:
+        """The causal posterior's velocity: frame f's v from E[x0_f | clean frames < f, x_σ,f, caption].
+
+        The exact counterpart of a causal teacher in teacher-forcing mode (Causal Forcing): frame f sees the
+        clean frames before it (σ = 0, which pins the posterior to the entries they match), its own noisy
+        frame, and nothing after it (σ = 1 carries no information). One pass of F stacked copies, (B, F, C, H, W).
+        """
+        B, F = x.shape[:2]
+        if clean.shape != x.shape:
+            raise ValueError(f"teacher forcing: clean context {tuple(clean.shape)} must match x {tuple(x.shape)}.")
+        s = self._sigma(sigma, B, F).to(x.dtype)  # (B, F)
+        frames = torch.arange(F, device=x.device)
+        before = frames[None, :] < frames[:, None]  # (F copies, F frames): frame j before copy f's frame
+        at = torch.eye(F, dtype=torch.bool, device=x.device)
+        shape = (1, F, F, *([1] * (x.ndim - 2)))
+        x_copies = torch.where(before.view(shape), clean[:, None], x[:, None])  # (B, F, F, C, H, W)
+        s_copies = torch.where(before[None], torch.zeros_like(s)[:, None], s[:, None].expand(B, F, F))
+        s_copies = torch.where(before[None] | at[None], s_copies, torch.ones_like(s_copies))  # later frames: noise
+        v = self(x_copies.flatten(0, 1), s_copies.flatten(0, 1), context.repeat_interleave(F, 0))
+        return v.view(B, F, F, *x.shape[2:])[:, frames, frames]  # copy f's frame f: (B, F, C, H, W)
+
     def _sigma(self, sigma: torch.Tensor, B: int, F: int) -> torch.Tensor:
         if sigma.shape not in ((B,), (B, F)):
             raise ValueError(f"sigma {tuple(sigma.shape)} is neither per video ({B},) nor per frame ({B}, {F}).")

@@ -10,6 +10,9 @@ Causal Forcing (CF++) as described in algorithm-notes §6.4; consistency models 
     L_CD = mean( (x0_G(x_σ, σ) - sg(x0_EMA(x_σ', σ')))² )
 The student and the EMA target run in teacher-forcing mode with the ground-truth clean context (or the
 block-causal forward with ``teacher_forcing: false``). No boundary condition at the smallest σ (as in CF).
+CF's teacher is causal and steps in teacher-forcing mode too (``causal_teacher``): frame f's step then sees the
+clean frames the student sees. A bidirectional teacher steps all frames jointly, so frame f's step depends on
+the noisy frames after f, which the student never sees: its targets are not a function of the student's inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, x0_from_velocity
 from oneforcing.objectives.base import Losses, Objective, StepContext
-from oneforcing.sampling.euler import guided_velocity
+from oneforcing.sampling.euler import guided_velocity, teacher_forcing_velocity
 
 
 class ConsistencyDistillation(Objective):
@@ -32,15 +35,22 @@ class ConsistencyDistillation(Objective):
             uncond + 3·(cond − uncond), i.e. w = 3 (its "guidance 3.0" is in the standard form here, not the
             DMD form cond + g·(cond − uncond)).
         teacher_forcing: student and target see the ground-truth clean earlier blocks.
+        causal_teacher: the teacher's Euler step in teacher-forcing mode on the same clean context (Causal
+            Forcing; needs a teacher with ``forward_teacher_forcing``: the exact toy teacher's causal posterior
+            or a causal Wan). False: the teacher steps all frames jointly (a bidirectional teacher).
     """
 
     roles = ("generator", "teacher")
 
     def __init__(self, weight: float = 1.0, num_grid_steps: int = 48, grid_shift: float = 5.0,
-                 guidance_scale: float = 3.0, teacher_forcing: bool = True) -> None:
+                 guidance_scale: float = 3.0, teacher_forcing: bool = True, causal_teacher: bool = False) -> None:
         super().__init__(weight)
         if num_grid_steps < 2:
             raise ValueError(f"num_grid_steps={num_grid_steps}: the consistency grid needs at least 2 steps.")
+        if causal_teacher and not teacher_forcing:
+            raise ValueError("causal_teacher steps the teacher in teacher-forcing mode on the student's clean context; "
+                             "set teacher_forcing: true as well, or causal_teacher: false.")
+        self.causal_teacher = causal_teacher
         self.num_grid_steps, self.grid_shift = num_grid_steps, grid_shift
         self.guidance_scale, self.teacher_forcing = guidance_scale, teacher_forcing
 
@@ -79,9 +89,15 @@ class ConsistencyDistillation(Objective):
         k = torch.randint(0, len(grid) - 1, (B,), generator=ctx.rng, device=ctx.rng.device).to(x_gt.device)
         sigma, sigma_next = grid[k], grid[k + 1]
         x_sigma = add_noise(x_gt, ctx.randn_like(x_gt), sigma)
+        teacher = ctx.models["teacher"]
+        if self.causal_teacher:
+            if not hasattr(teacher, "forward_teacher_forcing"):
+                raise TypeError(f"ConsistencyDistillation(causal_teacher=True) needs a causal teacher with a "
+                                f"teacher-forcing mode; {type(teacher).__name__} is bidirectional. Use the exact toy "
+                                "teacher (model.init_args.teacher) or set causal_teacher: false.")
+            teacher = teacher_forcing_velocity(teacher, x_gt)
         with torch.no_grad():
-            v = guided_velocity(ctx.models["teacher"], x_sigma, sigma, ctx.context, ctx.uncond_context,
-                                self.guidance_scale)
+            v = guided_velocity(teacher, x_sigma, sigma, ctx.context, ctx.uncond_context, self.guidance_scale)
             x_next = x_sigma + (sigma_next - sigma).view(B, 1, 1, 1, 1) * v  # Euler step to the next grid point
             target = self._x0(ctx.models["generator_ema"], x_next, sigma_next, ctx)
         prediction = self._x0(ctx.models["generator"], x_sigma, sigma, ctx)

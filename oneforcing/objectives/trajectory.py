@@ -6,8 +6,10 @@ CausVid arXiv 2412.07772 §4 (ODE initialisation); Causal Forcing (causal ODE); 
 Flavours:
   * ``bidirectional``: the snapshots come from the bidirectional teacher; one index per *block*; the
     student runs its block-causal full-sequence forward on the (noisy) trajectory states;
-  * ``teacher_forcing``: one index shared by all frames; the student runs in teacher-forcing mode with the
-    ground-truth latents as clean context (Causal Forcing stage 2).
+  * ``teacher_forcing``: one index shared by all frames; the student runs in teacher-forcing mode with a
+    clean context (Causal Forcing stage 2): the ground-truth latents the causal teacher was forced on, or the
+    ODE output itself for trajectories a teacher sampled over its own frames (``oneforcing data trajectories
+    --teacher exact --autoregressive``), where frame f's output continues the output's earlier frames.
 """
 
 from __future__ import annotations
@@ -32,14 +34,31 @@ class TrajectoryDistillation(Objective):
     Args:
         weight: loss weight.
         flavour: ``bidirectional`` (per-block snapshot, block-causal forward) or ``teacher_forcing``
-            (shared snapshot, ground-truth clean context).
+            (shared snapshot, clean context).
+        clean_context: the teacher-forcing flavour's clean frames: ``ground_truth`` (the batch's latents) or
+            ``ode_output`` (the trajectory's own output).
     """
 
     roles = ("generator",)
 
-    def __init__(self, weight: float = 1.0, flavour: Literal["bidirectional", "teacher_forcing"] = "bidirectional") -> None:
+    def __init__(self, weight: float = 1.0, flavour: Literal["bidirectional", "teacher_forcing"] = "bidirectional",
+                 clean_context: Literal["ground_truth", "ode_output"] = "ground_truth") -> None:
         super().__init__(weight)
-        self.flavour = flavour
+        if clean_context not in ("ground_truth", "ode_output"):
+            raise ValueError(f"clean_context={clean_context!r}: use 'ground_truth' or 'ode_output'.")
+        if clean_context != "ground_truth" and flavour != "teacher_forcing":
+            raise ValueError("clean_context applies to flavour='teacher_forcing' only; the bidirectional flavour's "
+                             "context is the noisy trajectory states.")
+        self.flavour, self.clean_context = flavour, clean_context
+
+    def check_data(self, index: dict | None) -> list[str]:
+        if index is None or index.get("order") != "autoregressive":
+            return []
+        if self.flavour == "teacher_forcing" and self.clean_context == "ground_truth":
+            return ["the trajectories were sampled autoregressively over the teacher's own frames, so their ground "
+                    "truth is not the context their outputs continue: set clean_context: ode_output on "
+                    "TrajectoryDistillation."]
+        return []
 
     def generator_loss(self, ctx: StepContext) -> Losses:
         batch = ctx.batch
@@ -62,9 +81,10 @@ class TrajectoryDistillation(Objective):
         if self.flavour == "bidirectional":
             v = generator(x_k, sigma, ctx.context)
         else:
-            if ctx.real_latents is None:
+            clean = target if self.clean_context == "ode_output" else ctx.real_latents
+            if clean is None:
                 raise KeyError("TrajectoryDistillation(flavour='teacher_forcing') needs ground-truth latents in the batch.")
-            v = generator.forward_teacher_forcing(x_k, sigma, ctx.context, clean=ctx.real_latents)
+            v = generator.forward_teacher_forcing(x_k, sigma, ctx.context, clean=clean.to(x_k.dtype))
         x0_pred = x0_from_velocity(x_k, v, sigma)
         loss = (x0_pred.float() - target.float()).square().mean()
         return loss, {"ode_loss": loss.detach(), "ode_sigma": sigma.mean()}
