@@ -132,15 +132,25 @@ class Study:
 
     # --- stage 1: trajectories --------------------------------------------------------------------------
     def trajectories(self) -> Path:
-        a, root = self.args, self.out / "ode"
+        a = self.args
+        autoregressive = a.trajectory_order == "autoregressive"
+        root = self.out / ("ode_autoregressive" if autoregressive else "ode")
         for split, count in (("train", a.trajectories), ("val", 8)):
             if not (root / split / "index.json").is_file():
                 self.run([*ONEFORCING, "data", "trajectories", "--teacher", "exact", "--bank-size", str(a.bank_size),
                           "--source", f"{a.data}/{split}", "--out", str(root / split), "--num-videos", str(count),
                           "--steps", "48", "--shift", "5", "--guidance-scale", str(a.guidance_scale),
-                          "--spatial-factor", str(self.spatial_factor)],
+                          "--spatial-factor", str(self.spatial_factor), "--autoregressive", str(autoregressive).lower()],
                          self.out / "logs" / f"trajectories_{split}.log")
         return root
+
+    def ode_objective(self) -> dict:
+        """The ODE init's objective: the recipe's block-causal regression on the trajectory states, or teacher
+        forcing on the clean ODE output (``--ode-flavour teacher_forcing``, autoregressive trajectories only)."""
+        args = {"weight": 1.0, "flavour": self.args.ode_flavour}
+        if self.args.ode_flavour == "teacher_forcing":
+            args["clean_context"] = "ode_output"
+        return {"class_path": "oneforcing.objectives.trajectory.TrajectoryDistillation", "init_args": args}
 
     # --- stages 2 and 3: trainings ----------------------------------------------------------------------
     def config(self, name: str, recipe: str, seed: int, iterations: int, data: dict, model: dict,
@@ -208,8 +218,9 @@ class Study:
         trajectories = self.trajectories()
         print("== ODE init", flush=True)
         config = self.config("ode_init", "configs/toy/ode_init_framewise.yaml", 0, a.ode_iterations,
-                             {"root": str(trajectories), "batch_size": 8}, {"generator_weights": a.teacher},
-                             evaluate=False)
+                             {"root": str(trajectories), "batch_size": 8},
+                             {"generator_weights": a.teacher, "objectives": [self.ode_objective()]},
+                             evaluate=a.ode_eval)
         self.keep("ode_init", config, self.fit("ode_init", config), with_weights=True)
         return kept
 
@@ -219,6 +230,10 @@ class Study:
         recipe, settings = METHODS[method]
         model = {"teacher_weights": None, "teacher": self.exact_teacher(), "critic_weights": a.teacher,
                  "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
+        if a.consistency_teacher == "causal":
+            model["objectives"] = [dict(o, init_args={**o.get("init_args", {}), "causal_teacher": True})
+                                   if o["class_path"].endswith(".ConsistencyDistillation") else o
+                                   for o in yaml.safe_load(Path(recipe).read_text())["model"]["init_args"]["objectives"]]
         return self.config(f"{method}_seed{seed}", recipe, seed, a.iterations,
                            {"root": a.data, "batch_size": a.batch_size}, model, evaluate=True)
 
@@ -484,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/study/ode_init) instead of training one: a longer or extra run of the same study")
     p.add_argument("--ode-iterations", type=int, default=600)
     p.add_argument("--trajectories", type=int, default=1024)
+    p.add_argument("--trajectory-order", choices=("joint", "autoregressive"), default="joint",
+                   help="the exact teacher's trajectories: one joint ODE over all frames (a frame's output depends on "
+                        "every frame's noise), or frame by frame over its own clean earlier frames (causal; "
+                        "`oneforcing data trajectories --autoregressive`)")
+    p.add_argument("--ode-flavour", choices=("bidirectional", "teacher_forcing"), default="bidirectional",
+                   help="the ODE init's regression: block-causal on the noisy trajectory states, or teacher forcing on "
+                        "the clean ODE output (autoregressive trajectories only)")
+    p.add_argument("--ode-eval", action="store_true", help="log eval/* during the ODE init too (learning curves)")
+    p.add_argument("--consistency-teacher", choices=("joint", "causal"), default="joint",
+                   help="consistency's teacher step: the exact teacher over all noisy frames, or its causal posterior "
+                        "in teacher forcing on the student's clean context (Causal Forcing's causal teacher)")
     p.add_argument("--eval-every", type=int, default=100, help="iterations between eval/* logs and checkpoints")
     p.add_argument("--eval-videos", type=int, default=16, help="videos of each in-training evaluation")
     p.add_argument("--final-videos", type=int, default=64, help="videos of each final `oneforcing evaluate`")
@@ -522,6 +548,9 @@ def main() -> None:
     if not Path(args.teacher).is_file():
         sys.exit(f"--teacher {args.teacher} does not exist; train one with `oneforcing fit --config "
                  "configs/toy/teacher.yaml` or use assets/toy_teacher.safetensors.")
+    if args.ode_flavour == "teacher_forcing" and args.trajectory_order != "autoregressive":
+        sys.exit("--ode-flavour teacher_forcing regresses onto trajectories that continue their own clean output: use "
+                 "--trajectory-order autoregressive (a joint trajectory's output does not continue its source video).")
     if args.iterations % args.eval_every or args.ode_iterations % args.eval_every:
         sys.exit(f"--iterations {args.iterations} and --ode-iterations {args.ode_iterations} must be multiples of "
                  f"--eval-every {args.eval_every} (a resumed run restarts from the last checkpoint).")

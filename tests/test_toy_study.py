@@ -339,3 +339,46 @@ def test_milestones_are_the_curves_every_thousand_iterations(toy_study):
     assert lines[4] == "| sf_dmd_1step | fd | 2 | 51 ± 1.4 | 42 ± 2.8 | 30 ± 0 |"
     assert lines[5] == "| of_framewise_1step | fd | 1 | 45 ± 0 | – | – |"  # a shorter run: no later values
     assert len(lines) == 6
+
+
+def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy_study, tmp_path, monkeypatch):
+    """--trajectory-order autoregressive exports causal trajectories (their own folder), --ode-flavour teacher_forcing
+    regresses on them over the clean ODE output, --consistency-teacher causal steps the exact teacher in teacher
+    forcing; the defaults keep the earlier study's settings."""
+    monkeypatch.chdir(REPO)
+    commands = []
+
+    def configs(*extra):
+        study = toy_study.Study(study_args(toy_study, tmp_path, *extra))
+        monkeypatch.setattr(study, "run", lambda cmd, log: commands.append(cmd) or fake_commands(tmp_path, [])(cmd, log))
+        study.ode_init()
+        ode = yaml.safe_load((tmp_path / "study" / "configs" / "ode_init.yaml").read_text())
+        monkeypatch.setattr(study, "fit", lambda name, config: commands.append(config) or Path("w"))
+        monkeypatch.setattr(study, "keep", lambda *args, **kwargs: None)
+        monkeypatch.setattr(study, "evaluate", lambda *args: None)
+        study.student("consistency_1step", 0, Path("ode.safetensors"))
+        cd = yaml.safe_load(commands[-1].read_text())["model"]["init_args"]["objectives"][0]["init_args"]
+        return ode, cd
+
+    ode, cd = configs("--trajectory-order", "autoregressive", "--ode-flavour", "teacher_forcing",
+                      "--consistency-teacher", "causal", "--results", str(tmp_path / "causal"))
+    exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
+    assert all(c[c.index("--autoregressive") + 1] == "true" and "ode_autoregressive" in c[c.index("--out") + 1]
+               for c in exports) and len(exports) == 2
+    assert ode["model"]["init_args"]["objectives"][0]["init_args"] == {
+        "weight": 1.0, "flavour": "teacher_forcing", "clean_context": "ode_output"}
+    assert ode["data"]["init_args"]["root"].endswith("ode_autoregressive")
+    assert cd["causal_teacher"] is True and cd["teacher_forcing"] is True
+    commands.clear()
+    ode, cd = configs("--results", str(tmp_path / "joint"))
+    exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
+    assert all(c[c.index("--autoregressive") + 1] == "false" for c in exports)
+    assert ode["model"]["init_args"]["objectives"][0]["init_args"] == {"weight": 1.0, "flavour": "bidirectional"}
+    assert "causal_teacher" not in cd
+    data = tmp_path / "toy6"
+    (data / "val").mkdir(parents=True, exist_ok=True)
+    (data / "val" / "index.json").write_text('{"num_frames": 6}')
+    monkeypatch.setattr(sys, "argv", ["toy_study.py", "--data", str(data), "--ode-flavour", "teacher_forcing",
+                                      "--teacher", "assets/toy_teacher.safetensors"])
+    with pytest.raises(SystemExit, match="use --trajectory-order autoregressive"):
+        toy_study.main()
