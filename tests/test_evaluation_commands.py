@@ -63,6 +63,8 @@ def test_evaluate_and_compare_refuse_bad_inputs_clearly(exports, tmp_path):
         compare([str(tmp_path / "empty")], tmp_path / "report")
     with pytest.raises(ValueError, match="at least 4x"):
         evaluate_checkpoint(exports["student"], tmp_path / "e", "s", num_videos=4, long_frames=20)
+    with pytest.raises(ValueError, match="--num-frames sets the exact teacher's video length.*Drop it"):
+        evaluate_checkpoint(exports["student"], tmp_path / "e", "s", num_videos=4, exact_frames=6)
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))
@@ -109,3 +111,19 @@ def test_toy_evaluation_callback_logs_metrics_to_tensorboard(tmp_path):
     tags = events.Tags()["scalars"]
     assert {"eval/fd", "eval/sharpness_ratio", "eval/attr_colour"} <= set(tags)
     assert [e.step for e in events.Scalars("eval/fd")] == [1, 2]
+
+
+def test_the_exact_teacher_is_evaluated_as_the_ceiling_row(tmp_path):
+    """--checkpoint exact: its samples are copies of the evaluation's bank (precision 0, the bank's ideal coverage),
+    with the colour of their captions; it needs --num-frames, which a trained checkpoint refuses."""
+    report = evaluate_checkpoint("exact", tmp_path / "exact", "exact", num_videos=8, steps=8, samples_per_caption=2,
+                                 bank_size=2, exact_frames=4)
+    metrics = report["metrics"]
+    assert report["weights"] == "teacher" and report["steps"] == 8
+    assert metrics["bank_precision"] < 0.01, metrics["bank_precision"]
+    assert metrics["attr_colour"] == 1.0
+    assert json.loads((tmp_path / "exact" / "metrics.json").read_text())["module"] == "ExactTeacherSampler"
+    with pytest.raises(ValueError, match="needs --num-frames"):
+        evaluate_checkpoint("exact", tmp_path / "e", "exact", num_videos=4)
+    with pytest.raises(FileNotFoundError, match="or pass 'exact'"):
+        resolve_checkpoint("exakt", None)

@@ -31,7 +31,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from safetensors.torch import save_file
 
-from oneforcing.data.exact_bank import BANK_SEED
+from oneforcing.data.exact_bank import BANK_SEED, ExactTeacherSampler
 from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, Generate,
                                                   bank_set, real_toy_set, sample_in_batches, score_bank)
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
@@ -46,7 +46,9 @@ GRID_PROMPTS = 8    # prompts kept as samples for the comparison's GIF grid
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="oneforcing evaluate", description="Toy-world metrics of one trained model.")
     p.add_argument("--config", action=ActionConfigFile)
-    p.add_argument("--checkpoint", type=str | None, default=None, help=".ckpt or exported .safetensors")
+    p.add_argument("--checkpoint", type=str | None, default=None,
+                   help=".ckpt or exported .safetensors; 'exact': the exact toy teacher's own samples (the ceiling "
+                        "of a toy table; its bank is the evaluation's, --bank-size and --bank-seed)")
     p.add_argument("--run", type=str | None, default=None,
                    help="a run directory (its newest version's weights.safetensors or checkpoints/last.ckpt)")
     p.add_argument("--out", type=str, required=True, help="directory for metrics.json, metrics.md and samples")
@@ -69,10 +71,15 @@ def build_parser() -> ArgumentParser:
                    help="bank metrics: clean videos per caption (the exact teacher's bank_size_per_caption)")
     p.add_argument("--bank-seed", "--bank_seed", dest="bank_seed", type=int, default=BANK_SEED,
                    help="bank metrics: the bank's stream (the exact teacher's seed)")
+    p.add_argument("--num-frames", "--num_frames", dest="num_frames", type=int | None, default=None,
+                   help="--checkpoint exact: the video length (the students' num_frames)")
     p.add_argument("--ema", type=bool | None, default=None,
                    help="students: true the generator's EMA weights, false its raw weights (default: the EMA when "
                         "present); the report records which were used")
     return p
+
+
+EXACT = "exact"  # --checkpoint exact: the exact toy teacher's samples
 
 
 def resolve_checkpoint(checkpoint: str | None, run: str | None) -> Path:
@@ -80,6 +87,9 @@ def resolve_checkpoint(checkpoint: str | None, run: str | None) -> Path:
     if (checkpoint is None) == (run is None):
         raise ValueError("Pass exactly one of --checkpoint FILE or --run DIR.")
     if checkpoint is not None:
+        if checkpoint != EXACT and not Path(checkpoint).exists():
+            raise FileNotFoundError(f"Checkpoint {checkpoint} does not exist (or pass 'exact' for the exact toy "
+                                    "teacher's samples).")
         return Path(checkpoint)
     root = Path(run)
     if not root.is_dir():
@@ -152,14 +162,23 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
                         real_seed: int = REAL_SEED, steps: int | None = None, steps_sweep: list[int] = (),
                         long_frames: int = 48, batch_size: int = 32, ema: bool | None = None,
                         samples_per_caption: int = SAMPLES_PER_CAPTION, bank_size: int = BANK_SIZE,
-                        bank_seed: int = BANK_SEED) -> dict:
+                        bank_seed: int = BANK_SEED, exact_frames: int | None = None) -> dict:
     """Generate, score and write the report; returns it."""
     from oneforcing.evaluation.feature_net import load_feature_net
     from oneforcing.evaluation.metrics import evaluate_videos, per_frame_curves
 
     if num_videos < 2:
         raise ValueError(f"--num-videos={num_videos}: the distribution metrics need at least 2 videos.")
-    module = load_trained_module(checkpoint)
+    if str(checkpoint) == EXACT:
+        if exact_frames is None:
+            raise ValueError("--checkpoint exact needs --num-frames: the video length of the students it is the "
+                             "ceiling of (e.g. 6 for the study's data).")
+        module = ExactTeacherSampler(exact_frames, bank_size_per_caption=bank_size, seed=bank_seed)
+    else:
+        if exact_frames is not None:
+            raise ValueError("--num-frames sets the exact teacher's video length; a trained model's comes from its "
+                             "checkpoint. Drop it.")
+        module = load_trained_module(checkpoint)
     num_frames = module.hparams.num_frames
     if isinstance(module, DistillationModule) and long_frames and long_frames < 4 * num_frames:
         raise ValueError(f"--long-frames={long_frames} must be 0 or at least 4x the training length "
@@ -208,6 +227,6 @@ def evaluate_command(argv: list[str]) -> None:
     label = cfg.label or (Path(cfg.run).name if cfg.run else checkpoint.stem)
     report = evaluate_checkpoint(checkpoint, Path(cfg.out), label, cfg.seed, cfg.num_videos, cfg.real_seed, cfg.steps,
                                  cfg.steps_sweep, cfg.long_frames, cfg.batch_size, cfg.ema, cfg.samples_per_caption,
-                                 cfg.bank_size, cfg.bank_seed)
+                                 cfg.bank_size, cfg.bank_seed, cfg.num_frames)
     shown = {k: round(v, 4) for k, v in report["metrics"].items() if isinstance(v, float) and not math.isnan(v)}
     Console().print(f"[green]{label}[/green] ({report['steps']} steps, {report['weights']} weights): {shown}\nWrote {cfg.out}/metrics.json and metrics.md")

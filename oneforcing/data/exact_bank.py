@@ -136,3 +136,40 @@ class ExactToyTeacher(ExactTeacher):
             raise KeyError(f"The bank has no videos of {caption!r}; build it with that caption in captions.")
         latents = self.entries_of(self.captions.index(caption)).float()
         return self.codec.decode(latents.cpu())
+
+
+class ExactTeacherSampler:
+    """The exact teacher as a model to evaluate (``oneforcing evaluate --checkpoint exact``): its many-step Euler
+    samples, the ceiling row of every toy table (a perfect student of the exact teacher draws these).
+
+    Mirrors a trained teacher's ``generate`` (one noise generator per prompt, CFG weight ``guidance_scale``;
+    w = 1 samples the bank's own distribution).
+    """
+
+    def __init__(self, num_frames: int, frame_size: int = 32, bank_size_per_caption: int = 16, seed: int = BANK_SEED,
+                 steps: int = 48, shift: float = 5.0, guidance_scale: float = 1.0) -> None:
+        from types import SimpleNamespace
+
+        self.teacher = ExactToyTeacher(bank_size_per_caption=bank_size_per_caption, seed=seed, num_frames=num_frames,
+                                       frame_size=frame_size)
+        self.codec = self.teacher.codec
+        self.shift, self.guidance_scale = shift, guidance_scale
+        self.hparams = SimpleNamespace(num_frames=num_frames, frame_size=frame_size, sample_steps=steps)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.teacher.text_encoder(prompts)
+
+    def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None) -> torch.Tensor:
+        """Pixel videos (B, F, 3, H, W) in [-1, 1]; prompt i's noise from Generator(seed + i)."""
+        from oneforcing.models.flow_matching import euler_sigmas
+        from oneforcing.sampling.euler import euler_sample
+
+        f = self.codec.spatial_factor
+        shape = (self.hparams.num_frames, self.codec.latent_channels, self.hparams.frame_size // f,
+                 self.hparams.frame_size // f)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
+                             for i in range(len(prompts))])
+        sigmas = euler_sigmas(num_steps or self.hparams.sample_steps, self.shift)
+        latents = euler_sample(self.teacher, noise, self.encode_prompts(prompts), sigmas,
+                               self.encode_prompts([""] * len(prompts)), self.guidance_scale)
+        return self.codec.decode(latents)
