@@ -230,12 +230,17 @@ class Study:
         recipe, settings = METHODS[method]
         model = {"teacher_weights": None, "teacher": self.exact_teacher(), "critic_weights": a.teacher,
                  "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
-        if a.consistency_teacher == "causal":
-            model["objectives"] = [dict(o, init_args={**o.get("init_args", {}), "causal_teacher": True})
-                                   if o["class_path"].endswith(".ConsistencyDistillation") else o
-                                   for o in yaml.safe_load(Path(recipe).read_text())["model"]["init_args"]["objectives"]]
+        data = a.data
+        objectives = yaml.safe_load(Path(recipe).read_text())["model"]["init_args"]["objectives"]
+        if a.consistency_teacher == "causal" and any(o["class_path"].endswith(".ConsistencyDistillation")
+                                                     for o in objectives):
+            # the exact teacher's causal posterior is exact on its own samples: train on the trajectories' outputs
+            causal = {"causal_teacher": True, "ground_truth": "ode_output"}
+            model["objectives"] = [dict(o, init_args={**o.get("init_args", {}), **causal})
+                                   if o["class_path"].endswith(".ConsistencyDistillation") else o for o in objectives]
+            data = str(self.trajectories())
         return self.config(f"{method}_seed{seed}", recipe, seed, a.iterations,
-                           {"root": a.data, "batch_size": a.batch_size}, model, evaluate=True)
+                           {"root": data, "batch_size": a.batch_size}, model, evaluate=True)
 
     def student(self, method: str, seed: int, ode: Path) -> Path:
         """Train and evaluate one run unless it is kept; returns its kept folder (its evaluation)."""
@@ -509,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ode-eval", action="store_true", help="log eval/* during the ODE init too (learning curves)")
     p.add_argument("--consistency-teacher", choices=("joint", "causal"), default="joint",
                    help="consistency's teacher step: the exact teacher over all noisy frames, or its causal posterior "
-                        "in teacher forcing on the student's clean context (Causal Forcing's causal teacher)")
+                        "in teacher forcing on the student's clean context (Causal Forcing's causal teacher), trained on "
+                        "the autoregressive trajectories' outputs (needs --trajectory-order autoregressive)")
     p.add_argument("--eval-every", type=int, default=100, help="iterations between eval/* logs and checkpoints")
     p.add_argument("--eval-videos", type=int, default=16, help="videos of each in-training evaluation")
     p.add_argument("--final-videos", type=int, default=64, help="videos of each final `oneforcing evaluate`")
@@ -551,6 +557,9 @@ def main() -> None:
     if args.ode_flavour == "teacher_forcing" and args.trajectory_order != "autoregressive":
         sys.exit("--ode-flavour teacher_forcing regresses onto trajectories that continue their own clean output: use "
                  "--trajectory-order autoregressive (a joint trajectory's output does not continue its source video).")
+    if args.consistency_teacher == "causal" and args.trajectory_order != "autoregressive":
+        sys.exit("--consistency-teacher causal trains consistency on the exact teacher's own autoregressive samples: "
+                 "add --trajectory-order autoregressive.")
     if args.iterations % args.eval_every or args.ode_iterations % args.eval_every:
         sys.exit(f"--iterations {args.iterations} and --ode-iterations {args.ode_iterations} must be multiples of "
                  f"--eval-every {args.eval_every} (a resumed run restarts from the last checkpoint).")

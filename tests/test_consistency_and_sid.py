@@ -108,3 +108,29 @@ def test_a_causal_teacher_steps_in_teacher_forcing_on_the_students_clean_context
         ConsistencyDistillation(num_grid_steps=8, causal_teacher=True).generator_loss(ctx(bidirectional))
     with pytest.raises(ValueError, match="set teacher_forcing: true"):
         ConsistencyDistillation(teacher_forcing=False, causal_teacher=True)
+
+
+def test_ground_truth_from_trajectory_outputs_is_noised_and_forced_on():
+    """ground_truth='ode_output': the trajectory's output is the video noised and the clean context of the student,
+    the EMA target and a causal teacher; a batch without it is named."""
+    torch.manual_seed(0)
+    cfg = WanConfig(**TINY)
+    student, ema, teacher = CausalWanBackbone(cfg), CausalWanBackbone(cfg), CausalWanBackbone(cfg)
+    ema.load_state_dict(student.state_dict())
+    cleans = []
+    for model in (student, ema, teacher):
+        original = model.forward_teacher_forcing
+        model.forward_teacher_forcing = (lambda o: lambda x, s, c, clean: cleans.append(clean.clone()) or o(x, s, c, clean))(original)
+    output, data = torch.randn(2, 3, 12, 8, 8), torch.randn(2, 3, 12, 8, 8)
+    ctx = StepContext(batch={"ode_output": output.half()}, context=torch.randn(2, 5, 46),
+                      uncond_context=torch.zeros(2, 5, 46), real_latents=data,
+                      models={"generator": student, "generator_ema": ema, "teacher": teacher},
+                      rng=torch.Generator().manual_seed(3), iteration=0)
+    ConsistencyDistillation(num_grid_steps=8, guidance_scale=1.0, causal_teacher=True,
+                            ground_truth="ode_output").generator_loss(ctx)
+    assert len(cleans) == 3 and all(torch.equal(c, output.half().float()) for c in cleans)
+    ctx.batch = {}
+    with pytest.raises(KeyError, match="has no 'ode_output'"):
+        ConsistencyDistillation(num_grid_steps=8, ground_truth="ode_output").generator_loss(ctx)
+    with pytest.raises(ValueError, match="use 'data' or 'ode_output'"):
+        ConsistencyDistillation(ground_truth="bank")

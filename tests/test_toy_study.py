@@ -363,12 +363,15 @@ def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy
     ode, cd = configs("--trajectory-order", "autoregressive", "--ode-flavour", "teacher_forcing",
                       "--consistency-teacher", "causal", "--results", str(tmp_path / "causal"))
     exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
-    assert all(c[c.index("--autoregressive") + 1] == "true" and "ode_autoregressive" in c[c.index("--out") + 1]
-               for c in exports) and len(exports) == 2
+    assert all(c[c.index("--autoregressive") + 1] == "true" for c in exports)
+    assert {Path(c[c.index("--out") + 1]).relative_to(tmp_path / "study").as_posix() for c in exports} == {
+        "ode_autoregressive/train", "ode_autoregressive/val"}
     assert ode["model"]["init_args"]["objectives"][0]["init_args"] == {
         "weight": 1.0, "flavour": "teacher_forcing", "clean_context": "ode_output"}
     assert ode["data"]["init_args"]["root"].endswith("ode_autoregressive")
-    assert cd["causal_teacher"] is True and cd["teacher_forcing"] is True
+    assert cd["causal_teacher"] is True and cd["teacher_forcing"] is True and cd["ground_truth"] == "ode_output"
+    cd_config = yaml.safe_load(commands[-1].read_text())
+    assert cd_config["data"]["init_args"]["root"].endswith("ode_autoregressive"), "trained on the causal samples"
     commands.clear()
     ode, cd = configs("--results", str(tmp_path / "joint"))
     exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
@@ -381,4 +384,8 @@ def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy
     monkeypatch.setattr(sys, "argv", ["toy_study.py", "--data", str(data), "--ode-flavour", "teacher_forcing",
                                       "--teacher", "assets/toy_teacher.safetensors"])
     with pytest.raises(SystemExit, match="use --trajectory-order autoregressive"):
+        toy_study.main()
+    monkeypatch.setattr(sys, "argv", ["toy_study.py", "--data", str(data), "--consistency-teacher", "causal",
+                                      "--teacher", "assets/toy_teacher.safetensors"])
+    with pytest.raises(SystemExit, match="add --trajectory-order autoregressive"):
         toy_study.main()

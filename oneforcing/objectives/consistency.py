@@ -17,6 +17,8 @@ the noisy frames after f, which the student never sees: its targets are not a fu
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, x0_from_velocity
@@ -38,19 +40,26 @@ class ConsistencyDistillation(Objective):
         causal_teacher: the teacher's Euler step in teacher-forcing mode on the same clean context (Causal
             Forcing; needs a teacher with ``forward_teacher_forcing``: the exact toy teacher's causal posterior
             or a causal Wan). False: the teacher steps all frames jointly (a bidirectional teacher).
+        ground_truth: the clean videos x_gt (noised, and the clean context): the batch's ``data`` (its latents or
+            pixels) or the ``ode_output`` of trajectory shards. The exact toy teacher's causal posterior is exact
+            on its own samples (``oneforcing data trajectories --teacher exact --autoregressive``), while a world
+            video's clean frames pin it to the nearest bank video, whose next frame is not the video's.
     """
 
     roles = ("generator", "teacher")
 
     def __init__(self, weight: float = 1.0, num_grid_steps: int = 48, grid_shift: float = 5.0,
-                 guidance_scale: float = 3.0, teacher_forcing: bool = True, causal_teacher: bool = False) -> None:
+                 guidance_scale: float = 3.0, teacher_forcing: bool = True, causal_teacher: bool = False,
+                 ground_truth: Literal["data", "ode_output"] = "data") -> None:
         super().__init__(weight)
         if num_grid_steps < 2:
             raise ValueError(f"num_grid_steps={num_grid_steps}: the consistency grid needs at least 2 steps.")
         if causal_teacher and not teacher_forcing:
             raise ValueError("causal_teacher steps the teacher in teacher-forcing mode on the student's clean context; "
                              "set teacher_forcing: true as well, or causal_teacher: false.")
-        self.causal_teacher = causal_teacher
+        if ground_truth not in ("data", "ode_output"):
+            raise ValueError(f"ground_truth={ground_truth!r}: use 'data' or 'ode_output'.")
+        self.causal_teacher, self.ground_truth = causal_teacher, ground_truth
         self.num_grid_steps, self.grid_shift = num_grid_steps, grid_shift
         self.guidance_scale, self.teacher_forcing = guidance_scale, teacher_forcing
 
@@ -72,16 +81,22 @@ class ConsistencyDistillation(Objective):
                 break
         return problems
 
-    def _x0(self, model, x: torch.Tensor, sigma: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _x0(self, model, x: torch.Tensor, sigma: torch.Tensor, ctx: StepContext, clean: torch.Tensor) -> torch.Tensor:
         s = sigma[:, None].expand(-1, x.shape[1])  # (B, F)
         if self.teacher_forcing:
-            v = model.forward_teacher_forcing(x, s, ctx.context, clean=ctx.real_latents)
+            v = model.forward_teacher_forcing(x, s, ctx.context, clean=clean)
         else:
             v = model(x, s, ctx.context)
         return x0_from_velocity(x, v, s)
 
     def generator_loss(self, ctx: StepContext) -> Losses:
-        x_gt = ctx.real_latents
+        if self.ground_truth == "ode_output":
+            if "ode_output" not in ctx.batch:
+                raise KeyError("ConsistencyDistillation(ground_truth='ode_output') trains on trajectory shards "
+                               "(`oneforcing data trajectories`); this batch has no 'ode_output'.")
+            x_gt = ctx.batch["ode_output"].float()
+        else:
+            x_gt = ctx.real_latents
         if x_gt is None:
             raise KeyError("ConsistencyDistillation needs ground-truth latents (pixels or latents) in the batch.")
         B = x_gt.shape[0]
@@ -99,7 +114,7 @@ class ConsistencyDistillation(Objective):
         with torch.no_grad():
             v = guided_velocity(teacher, x_sigma, sigma, ctx.context, ctx.uncond_context, self.guidance_scale)
             x_next = x_sigma + (sigma_next - sigma).view(B, 1, 1, 1, 1) * v  # Euler step to the next grid point
-            target = self._x0(ctx.models["generator_ema"], x_next, sigma_next, ctx)
-        prediction = self._x0(ctx.models["generator"], x_sigma, sigma, ctx)
+            target = self._x0(ctx.models["generator_ema"], x_next, sigma_next, ctx, x_gt)
+        prediction = self._x0(ctx.models["generator"], x_sigma, sigma, ctx, x_gt)
         loss = (prediction.float() - target.float()).square().mean()
         return loss, {"cd_loss": loss.detach(), "cd_sigma": sigma.mean()}
