@@ -8,7 +8,8 @@ fails a test even when every formula is right (docs/mutation_testing.md, "Learni
 The micro world: 2 captions, 2 frames of 16×16, and the exact teacher (``ExactToyTeacher``) over 4 bank videos per
 caption as the teacher, the real score and the source of training videos. The distance to the world is the bank
 precision (``oneforcing.evaluation.bank_metrics``: RMS distance of the student's samples to the nearest bank video
-of their caption) or, for the regression objectives, the loss on held-out targets. Each margin was measured over
+of their caption) or, for the regression objectives, the loss on held-out targets; the GAN's discriminator is
+judged by how far it tells held-out videos from the student's samples. Each margin was measured over
 seeds 0-4 (the student's weights, data and noise; the figures are in the comment above each assertion); the tests
 use seed 0. For scale: the one-step students start at a precision of ≈ 0.9 (random weights make noise) and end at
 0.36-0.47, where a uniform grey video is 0.47 from the bank and each caption's mean video 0.16: in 100 iterations they
@@ -44,7 +45,7 @@ from oneforcing.objectives.gan import GAN
 from oneforcing.objectives.sid import SiD
 from oneforcing.objectives.trajectory import TrajectoryDistillation
 
-pytestmark = pytest.mark.slow  # 40-100 training iterations each (about 30 s for the file on one core)
+pytestmark = pytest.mark.slow  # 10-100 training iterations each (about 31 s for the file on one core)
 
 CAPTIONS = ("a large red circle moving left quickly", "a small blue square moving up slowly")
 FRAMES, SIZE, BANK_PER_CAPTION = 2, 16, 4
@@ -148,6 +149,30 @@ def flow_loss_on_held_out_videos(world: MicroWorld, sigmas: Sequence[float] = (0
         return sum(losses) / len(losses)
 
     return distance
+
+
+def discriminator_margin(world: MicroWorld, gan: GAN, sigmas: Sequence[float] = (0.2, 0.5, 0.8)
+                         ) -> Callable[[DistillationModule], float]:
+    """How well the GAN's discriminator tells held-out videos of the captions from the student's samples (live
+    weights, fixed noise): its mean logit on the former minus its mean logit on the latter, both noised by the same ε
+    at the same σ, as in its loss (≈ 0 at chance)."""
+    pixels = torch.cat([caption_videos(c, 2, HELD_OUT_SEED, FRAMES, SIZE) for c in CAPTIONS])  # (4, F, 3, H, W)
+    prompts = [c for c in CAPTIONS for _ in range(2)]
+
+    def margin(module: DistillationModule) -> float:
+        g = torch.Generator().manual_seed(HELD_OUT_SEED)
+        real_logits, fake_logits = [], []
+        with torch.no_grad():
+            real = module.codec.encode(pixels)  # (B, F, C, h, w)
+            fake = module.codec.encode(module.generate(prompts, seed=SAMPLE_SEED, use_ema=False))
+            context = module.encode_prompts(prompts)
+            for sigma in sigmas:
+                noise, s = torch.randn(real.shape, generator=g), torch.full(real.shape[:1], sigma)
+                real_logits.append(gan.head(module.critic, add_noise(real, noise, s), s, context)[0])
+                fake_logits.append(gan.head(module.critic, add_noise(fake, noise, s), s, context)[0])
+        return float(torch.cat(real_logits).mean() - torch.cat(fake_logits).mean())
+
+    return margin
 
 
 def critic_misfit(module: DistillationModule, critic: nn.Module, sigmas: Sequence[float] = (0.3, 0.6, 0.9)) -> float:
@@ -263,7 +288,7 @@ def test_one_forcing_brings_one_step_samples_to_the_bank(world, critic_file, tmp
     """DMD + GAN: the critic doubles as a discriminator (a head on its last block) of the bank's videos."""
     # GAN weight 0.5, not the paper's 0.03, so that its term in the generator loss is of the order of DMD's (both ≈ 0.7
     # unweighted). Even so DMD drives the precision in 100 micro iterations and the discriminator stays near chance
-    # (its loss ≈ log 4): a GAN loss detached or sign-flipped alone passes here; tests/test_gan.py checks its formulas
+    # (its loss ≈ log 4): a GAN loss detached or sign-flipped alone passes here; the two GAN tests below catch it
     gan = GAN(weight=0.5, feature_layers=[1], num_registers=1, head_ffn_dim=16, head_num_heads=2)
     module = micro_module([DMD(), gan], SEED, teacher=world.teacher, critic_weights=critic_file)
     initial_critic = copy.deepcopy(module.critic)
@@ -271,6 +296,42 @@ def test_one_forcing_brings_one_step_samples_to_the_bank(world, critic_file, tmp
     # measured (seeds 0-4): 0.867-0.920 → 0.401-0.473, end/start 0.463-0.514 (seed 0: 0.915 → 0.429)
     assert end <= 0.7 * start, f"bank precision {start:.3f} → {end:.3f}: should fall by ≥ 30 %"
     assert_the_critic_tracks_the_student(module, initial_critic)
+
+
+def micro_gan() -> GAN:
+    """One-Forcing's discriminator on the micro critic: a head on its last block. The weight scales both sides, which
+    AdamW all but undoes: GAN alone, it hardly matters."""
+    return GAN(weight=1.0, feature_layers=[1], num_registers=1, head_ffn_dim=16, head_num_heads=2)
+
+
+def test_gan_discriminator_tells_held_out_videos_from_the_students_samples(world, critic_file, tmp_path):
+    """The GAN's discriminator loss trains the critic and its head: with the student held fixed (critic-only
+    iterations throughout), the discriminator learns to tell videos it never saw from the student's samples."""
+    gan, iterations = micro_gan(), 60
+    module = micro_module([gan], SEED, critic_weights=critic_file, critic_warmup=iterations)  # no generator step
+    start, end = learn(module, video_batches(world, iterations, SEED), discriminator_margin(world, gan), tmp_path)
+    # measured (seeds 0-4): a margin of -0.018 to 0.042 → 3.35 to 5.06, a rise of 3.35-5.02, every held-out video and
+    # sample on its side of 0 (seed 0: 0.004 → 3.349; seeds 5-14: a rise of 1.94-6.01). Sign-flipped discriminator
+    # loss: a margin of -0.05 to 0.00 when the whole loss is negated (both logits run off together, to ±29-49), -4.5 to
+    # -1.7 with the labels swapped
+    assert end - start >= 1.0, (f"the discriminator's logit margin, held-out videos over the student's samples, went "
+                                f"{start:.3f} → {end:.3f}: it should rise by ≥ 1")
+
+
+def test_gan_alone_brings_one_step_samples_toward_the_bank(world, critic_file, tmp_path):
+    """The GAN's generator loss, the student's only signal here, moves its samples toward the bank's videos.
+
+    10 iterations: the precision falls from ≈ 0.9 to 0.63-0.71 within them (seeds 0-4), then the student and the
+    discriminator chase each other and it wanders between 0.49 and 0.87 (measured every 10 iterations up to 150), so
+    that a 100-iteration run separates less (end/start 0.59-0.86 intact, ≥ 1.0 broken).
+    """
+    module = micro_module([micro_gan()], SEED, critic_weights=critic_file)
+    start, end = learn(module, video_batches(world, 10, SEED), bank_precision(world), tmp_path)
+    # measured (seeds 0-4): 0.867-0.920 → 0.634-0.711, end/start 0.693-0.799 (seed 0: 0.915 → 0.634; seeds 5-14:
+    # 0.680-0.824). Broken, end/start: generator loss detached 1.000 (the student never steps), sign-flipped
+    # 1.24-1.37 (the loss negated) or 1.23-1.38 (softplus(+D)); discriminator loss sign-flipped 1.015-1.12 (negated)
+    # or 1.11-1.34 (labels swapped)
+    assert end <= 0.9 * start, f"bank precision {start:.3f} → {end:.3f}: should fall by ≥ 10 %"
 
 
 def test_consistency_distillation_brings_one_step_samples_to_the_bank(world, tmp_path):
