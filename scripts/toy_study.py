@@ -118,6 +118,13 @@ class Study:
         recipe = yaml.safe_load(Path(METHODS["sf_dmd_1step"][0]).read_text())
         return SpaceToDepthCodec.matching(recipe["model"]["init_args"]["backbone"]["in_channels"]).factor
 
+    def guidance_of(self, class_path: str) -> float:
+        """The CFG weight w of an objective's teacher: --consistency-guidance for consistency, --dmd-guidance for
+        the real score of DMD and SiD, each --guidance-scale unless set."""
+        a = self.args
+        chosen = a.consistency_guidance if class_path.endswith(".ConsistencyDistillation") else a.dmd_guidance
+        return a.guidance_scale if chosen is None else chosen
+
     def run(self, cmd: list[str], log: Path) -> None:
         """One subprocess on one thread, its output in ``log``; a failure stops the study with the log's tail."""
         self.commands.append(shlex.join(["oneforcing", *cmd[3:]]))
@@ -178,7 +185,7 @@ class Study:
         for objective in init["objectives"]:
             args = objective.setdefault("init_args", {})
             if "guidance_scale" in args:
-                args["guidance_scale"] = self.args.guidance_scale
+                args["guidance_scale"] = self.guidance_of(objective["class_path"])
             if gan and self.args.shared_gan_pass:  # the critic's flow loss from the discriminator's 2B pass
                 if objective["class_path"].endswith(".DMD"):
                     args["train_critic"] = False
@@ -498,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=1.0,
                    help="w of the exact teacher's CFG in the trajectories, DMD and consistency (1: the bank's own "
                         "distribution)")
+    p.add_argument("--dmd-guidance", type=float, default=None,
+                   help="w of the DMD (and SiD) real score (default: --guidance-scale); Self-Forcing's g = 3 is w = 4")
+    p.add_argument("--consistency-guidance", type=float, default=None,
+                   help="w of the consistency teacher's Euler step (default: --guidance-scale); Causal Forcing: w = 3")
     p.add_argument("--bank-size", type=int, default=16, help="exact teacher's (and bank metrics') videos per caption")
     p.add_argument("--ode-init", default=None, metavar="DIR",
                    help="start every student from this kept ODE init (another study's RESULTS/ode_init, e.g. "

@@ -389,3 +389,24 @@ def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy
                                       "--teacher", "assets/toy_teacher.safetensors"])
     with pytest.raises(SystemExit, match="add --trajectory-order autoregressive"):
         toy_study.main()
+
+
+def test_dmd_and_consistency_guidance_are_set_apart_from_the_trajectories(toy_study, tmp_path, monkeypatch):
+    """--dmd-guidance and --consistency-guidance set each objective's w (the papers' 4 and 3); --guidance-scale stays
+    the trajectories' and the default of both."""
+    monkeypatch.chdir(REPO)
+    study = toy_study.Study(study_args(toy_study, tmp_path, "--dmd-guidance", "4", "--consistency-guidance", "3"))
+    written = []
+    monkeypatch.setattr(study, "fit", lambda name, config: written.append(config) or Path("w"))
+    monkeypatch.setattr(study, "keep", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study, "evaluate", lambda *args: None)
+    for method in ("sf_dmd_1step", "of_framewise_1step", "consistency_1step"):
+        study.student(method, 0, Path("ode.safetensors"))
+    guided = [{o["class_path"].rsplit(".", 1)[1]: o["init_args"]["guidance_scale"]
+               for o in yaml.safe_load(path.read_text())["model"]["init_args"]["objectives"]
+               if "guidance_scale" in o.get("init_args", {})} for path in written]
+    assert guided == [{"DMD": 4.0}, {"DMD": 4.0}, {"ConsistencyDistillation": 3.0}]
+    assert study.guidance_of("oneforcing.objectives.dmd.DMD") == 4.0
+    plain = toy_study.Study(study_args(toy_study, tmp_path, "--guidance-scale", "2"))
+    assert plain.guidance_of("oneforcing.objectives.dmd.DMD") == plain.guidance_of(
+        "oneforcing.objectives.consistency.ConsistencyDistillation") == 2.0
