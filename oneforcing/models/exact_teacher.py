@@ -171,8 +171,7 @@ class ExactTeacher(nn.Module):
         at = torch.eye(F, dtype=torch.bool, device=x.device)
         shape = (1, F, F, *([1] * (x.ndim - 2)))
         x_copies = torch.where(before.view(shape), clean[:, None], x[:, None])  # (B, F, F, C, H, W)
-        s_copies = torch.where(before[None], torch.zeros_like(s)[:, None], s[:, None].expand(B, F, F))
-        s_copies = torch.where(before[None] | at[None], s_copies, torch.ones_like(s_copies))  # later frames: noise
+        s_copies = torch.where(before, 0.0, torch.where(at, s[:, None].expand(B, F, F), 1.0))  # clean, σ_f, noise
         v = self(x_copies.flatten(0, 1), s_copies.flatten(0, 1), context.repeat_interleave(F, 0))
         return v.view(B, F, F, *x.shape[2:])[:, frames, frames]  # copy f's frame f: (B, F, C, H, W)
 

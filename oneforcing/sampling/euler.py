@@ -95,7 +95,7 @@ def autoregressive_euler_sample(
     noise: (B, F, C, H, W). ``on_step(block_start, i, x_block_i)`` sees each block's state before update i.
     """
     x = noise.clone()
-    B, F = x.shape[:2]
+    F = x.shape[1]
     for start in range(0, F, block_size):
         end = min(start + block_size, F)
 
