@@ -12,13 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
+
+from oneforcing.models.block_sparse import block_sparse_attention
 
 
 class AttentionControl:
     """Per-call instructions for the processors (set by the backbone, cleared after the call)."""
 
     def __init__(self) -> None:
-        self.mask: torch.Tensor | None = None             # (S, S) bool, True = may attend
+        self.mask: torch.Tensor | BlockMask | None = None  # (S, S) bool, True = may attend; or its block-sparse form
         self.cache: KVCache | None = None
         self.frame_positions: torch.Tensor | None = None  # (F,) temporal RoPE positions of this call's frames
         # set while activation checkpointing recomputes a cached call in backward: that call's token slots [lo, hi)
@@ -159,11 +162,15 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1))  # (B, S, H·D) -> (B, S, H, D)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """SDPA over (B, S, H, D) tensors; returns (B, S_q, H·D). Cached keys and values are read in the queries'
-    dtype (the cache keeps the latents' dtype; FSDP2's bf16 compute makes the queries bf16)."""
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | BlockMask | None) -> torch.Tensor:
+    """SDPA (dense or no mask) or flex attention (a ``BlockMask``) over (B, S, H, D) tensors; returns (B, S_q, H·D).
+    Cached keys and values are read in the queries' dtype (the cache keeps the latents' dtype; FSDP2's bf16
+    compute makes the queries bf16)."""
+    q, k, v = q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)  # (B, H, S, D)
+    if isinstance(mask, BlockMask):
+        out = block_sparse_attention(q, k, v, mask)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
 
 

@@ -5,7 +5,8 @@ Three execution paths that agree (tests check it to 1e-5 in float32):
   * ``forward_teacher_forcing``: [clean | noisy] in one pass, noisy block j seeing clean blocks < j
     (Causal-Forcing stages; also the brute-force reference for the cache);
   * ``forward_cached``: one block at a time over a ``KVCache`` (roll-outs and inference).
-Every path takes per-frame σ (B, F) and uses absolute temporal RoPE positions.
+Every path takes per-frame σ (B, F) and uses absolute temporal RoPE positions. The full-sequence paths attend
+through a dense token mask on the CPU and a block-sparse one (flex attention) on a GPU (``attention``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from oneforcing.models.block_layout import (
     frame_visibility,
     teacher_forcing_visibility,
 )
+from oneforcing.models.block_sparse import block_sparse_mask, resolve_backend
 from oneforcing.models.causal_attention import (
     AttentionControl,
     CachedCrossAttnProcessor,
@@ -41,11 +43,15 @@ class CausalWanBackbone(WanBackbone):
         first_block_size: size of the first block when it differs (first-frame enhancement, e.g. 4).
         window_frames: rolling attention window in frames (None: attend to everything generated so far).
         sink_frames: first frames that never leave the window.
+        attention: how the full-sequence paths apply the block-causal mask: "dense" (an (S, S) token mask with
+            SDPA), "block_sparse" (flex attention's ``BlockMask``: no S × S tensor, tiles outside the mask skipped)
+            or "auto" (dense on the CPU, where flex attention has no backward; block-sparse on a GPU).
     """
 
     def __init__(self, config: WanConfig, block_size: int = 1, first_block_size: int | None = None,
-                 window_frames: int | None = None, sink_frames: int = 0) -> None:
+                 window_frames: int | None = None, sink_frames: int = 0, attention: str = "auto") -> None:
         super().__init__(config)
+        resolve_backend(attention, torch.device("cpu"))  # an unknown name fails here, not at the first forward
         largest_block = max(block_size, first_block_size or block_size)
         if window_frames is not None and window_frames < largest_block + sink_frames:
             raise ValueError(f"window_frames={window_frames} is smaller than a block ({largest_block} frames) plus "
@@ -53,7 +59,7 @@ class CausalWanBackbone(WanBackbone):
         if sink_frames < 0 or (sink_frames and window_frames is None):
             raise ValueError(f"sink_frames={sink_frames} needs a rolling window (window_frames) and must be >= 0.")
         self.block_size, self.first_block_size = block_size, first_block_size
-        self.window_frames, self.sink_frames = window_frames, sink_frames
+        self.window_frames, self.sink_frames, self.attention = window_frames, sink_frames, attention
         self.control = AttentionControl()
         for i, block in enumerate(self.transformer.blocks):
             block.attn1.set_processor(CausalSelfAttnProcessor(self.control, i))
@@ -73,14 +79,19 @@ class CausalWanBackbone(WanBackbone):
         _, p_h, p_w = self.config.patch_size
         return (height // p_h) * (width // p_w)
 
-    def _token_mask(self, kind: str, num_frames: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor:
-        key = (kind, num_frames, tokens_per_frame, self.block_size, self.first_block_size, self.window_frames,
-               self.sink_frames, str(device))
+    def _token_mask(self, kind: str, num_frames: int, tokens_per_frame: int, device: torch.device):
+        """The (S, S) dense mask or its ``BlockMask``, built once per key and reused."""
+        backend = resolve_backend(self.attention, device)
+        key = (kind, backend, num_frames, tokens_per_frame, self.block_size, self.first_block_size,
+               self.window_frames, self.sink_frames, str(device))
         if key not in self._masks:
             layout = self.layout(num_frames)
             visibility = (teacher_forcing_visibility if kind == "teacher_forcing" else frame_visibility)(
-                layout, self.window_frames, self.sink_frames)
-            self._masks[key] = expand_to_tokens(visibility, tokens_per_frame).to(device)
+                layout, self.window_frames, self.sink_frames)  # (F, F) or (2F, 2F) over frames
+            if backend == "block_sparse":
+                self._masks[key] = block_sparse_mask(visibility, tokens_per_frame, device)
+            else:
+                self._masks[key] = expand_to_tokens(visibility, tokens_per_frame).to(device)
         return self._masks[key]
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, **control) -> torch.Tensor:
