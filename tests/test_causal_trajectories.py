@@ -390,3 +390,24 @@ def test_the_exact_teachers_autoregressive_trajectories_are_causal_and_end_on_ba
     with pytest.raises(ValueError, match="--autoregressive samples the exact teacher"):
         export(tmp_path / "teacher.safetensors", source, tmp_path / "bad", num_videos=1, autoregressive=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_diffusion_trained_generator_samples_along_its_ode(monkeypatch):
+    """AR diffusion (CausalDiffusion) makes a diffusion model: generate() and evaluate integrate its ODE; a module
+    of few-step objectives keeps the re-noising update."""
+    from oneforcing.objectives.trajectory import TrajectoryDistillation
+    from oneforcing.sampling import streaming
+
+    module = causal_module()
+    assert module.solver == "euler"
+    assert DistillationModule([TrajectoryDistillation()], backbone=TINY, ema_start=None).solver == "renoise"
+    used = []
+    original = streaming.StreamingSampler.__init__
+
+    def spy(self, *args, solver="renoise", **kwargs):
+        used.append(solver)
+        original(self, *args, solver=solver, **kwargs)
+
+    monkeypatch.setattr(streaming.StreamingSampler, "__init__", spy)
+    module.generate(["a red circle"], num_steps=2)
+    assert used == ["euler"]

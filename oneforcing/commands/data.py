@@ -35,6 +35,9 @@ def build_parser() -> ArgumentParser:
                      help="1 (the default world) or 2 (40 %% of videos with two objects, the earlier world)")
     toy.add_argument("--background", type=str, default="flat", choices=list(BACKGROUNDS),
                      help="flat (the default world) or textured (the earlier world)")
+    toy.add_argument("--speed-scale", "--speed_scale", dest="speed_scale", type=float, default=1.0,
+                     help="multiplies the named speeds (1: the default world, 1 and 2.2 px per frame; 4: a world "
+                          "variant whose slow objects move one 4-pixel token per frame)")
     sub.add_subcommand("toy", toy)
     from oneforcing.commands.encode import add_parsers
     from oneforcing.commands.trajectories import add_parser
@@ -46,7 +49,7 @@ def build_parser() -> ArgumentParser:
 
 def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, seed: int, num_frames: int = 12,
                       size: int = 32, samples_per_shard: int = 500, progress: bool = True, max_objects: int = 1,
-                      background: str = "flat") -> dict:
+                      background: str = "flat", speed_scale: float = 1.0) -> dict:
     """Write ``out/train`` and ``out/val``; returns both indexes."""
     problems = []
     if num_videos < 1:
@@ -61,17 +64,21 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
         problems.append(f"--max-objects={max_objects} must be 1 or 2")
     if background not in BACKGROUNDS:
         problems.append(f"--background={background!r} must be one of {list(BACKGROUNDS)}")
+    if speed_scale <= 0:
+        problems.append(f"--speed-scale={speed_scale} must be > 0")
     if problems:
         raise ValueError("Invalid toy data arguments: " + "; ".join(problems))
     result = {}
     for split, count, split_seed in (("train", num_videos, seed), ("val", num_val_videos, seed + VAL_SEED_OFFSET)):
         if count == 0:
             continue
-        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background)
+        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background, speed_scale)
         if progress:
             samples = track(samples, total=count, description=f"toy {split}")
         meta = dict(world="toy", seed=split_seed, num_frames=num_frames, size=size, max_objects=max_objects,
                     background=background)
+        if speed_scale != 1.0:
+            meta["speed_scale"] = speed_scale
         result[split] = write_shards(samples, Path(out) / split, samples_per_shard, meta=meta)
     return result
 
@@ -90,6 +97,7 @@ def data_command(argv: list[str]) -> None:
         c = cfg.toy
         start = time.perf_counter()
         indexes = write_toy_dataset(c.out, c.num_videos, c.num_val_videos, c.seed, c.num_frames, c.size,
-                                    c.samples_per_shard, max_objects=c.max_objects, background=c.background)
+                                    c.samples_per_shard, max_objects=c.max_objects, background=c.background,
+                                    speed_scale=c.speed_scale)
         counts = ", ".join(f"{k}: {v['total']} videos in {len(v['shards'])} shards" for k, v in indexes.items())
         Console().print(f"[green]Wrote {counts} to {c.out} in {time.perf_counter() - start:.1f} s")

@@ -111,7 +111,7 @@ def generator_of(module, steps: int | None, num_frames: int | None = None, windo
     hp = module.hparams
     generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window, use_ema=use_ema)
     sigmas = student_sigmas(steps, hp.warp_shift) if steps else module.step_sigmas
-    sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas)
+    sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas, solver=module.solver)
 
     def generate(prompts: list[str], seed: int) -> torch.Tensor:
         latents = sampler.sample(module.encode_prompts(prompts), num_frames or hp.num_frames, module.latent_shape(),

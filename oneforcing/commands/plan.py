@@ -109,6 +109,9 @@ def teacher_bytes(teacher: nn.Module | None) -> int:
     return FP32 * sum(p.numel() for p in teacher.parameters())
 
 
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # trainer.precision -> autocast dtype
+
+
 def fake_batch(module: DistillationModule, size: int) -> dict:
     """A batch of meta tensors with every member the module's objectives read."""
     from oneforcing.objectives.trajectory import TrajectoryDistillation
@@ -123,8 +126,9 @@ def fake_batch(module: DistillationModule, size: int) -> dict:
     return batch
 
 
-def activation_peaks(module: DistillationModule, batch_size: int) -> dict[str, int]:
-    """Each role's traced activation peak (bytes) on one micro-batch of ``batch_size`` samples."""
+def activation_peaks(module: DistillationModule, batch_size: int, autocast: torch.dtype | None = None) -> dict[str, int]:
+    """Each role's traced activation peak (bytes) on one micro-batch of ``batch_size`` samples, under autocast's
+    casts to ``autocast`` when given."""
     batch = fake_batch(module, batch_size)
     encoder = module.text_encoder
     context = torch.empty(batch_size, encoder.context_length, module.backbone_config.text_dim, device="meta")
@@ -143,7 +147,7 @@ def activation_peaks(module: DistillationModule, batch_size: int) -> dict[str, i
             loss.backward()
 
         try:
-            peaks[side] = traced_peak(step, list(module.parameters()))
+            peaks[side] = traced_peak(step, list(module.parameters()), autocast)
         finally:
             for m in frozen:
                 for p in m.parameters():
@@ -153,8 +157,8 @@ def activation_peaks(module: DistillationModule, batch_size: int) -> dict[str, i
 
 def plan_module(module: DistillationModule, engine: EngineSettings, batch_size: int,
                 gpu_memory: float | None = None, precision: str = "32-true") -> Plan:
-    """The module's per-rank plan under ``engine`` at ``batch_size`` samples per rank (its micro-batches traced;
-    in float32, whatever ``precision``: autocast does not run on the meta device)."""
+    """The module's per-rank plan under ``engine`` at ``batch_size`` samples per rank (its micro-batches traced,
+    under autocast's casting rules for the mixed precisions)."""
     if not isinstance(module, DistillationModule):
         raise TypeError(f"oneforcing plan predicts a DistillationModule's training; the config builds a "
                         f"{type(module).__name__}.")
@@ -183,19 +187,20 @@ def plan_module(module: DistillationModule, engine: EngineSettings, batch_size: 
     states = state_bytes(roles, teacher, ema, engine, teacher=wan_teacher,
                          ema_persistent=roles[0].persistent if module.generator_ema is not None else 0)
     micro = batch_size // hp.micro_batches
-    plain = activation_peaks(module, micro)
+    autocast = AUTOCAST.get(str(precision))
+    plain = activation_peaks(module, micro, autocast)
     for role in (module.generator, module.critic):
         if role is not None:
             role.enable_activation_checkpointing()
-    with_checkpointing = activation_peaks(module, micro)
+    with_checkpointing = activation_peaks(module, micro, autocast)
     on = bool(checkpointed)
     notes = [f"{engine.kind} on {engine.devices} device(s), {batch_size} sample(s) per device"
              + (f" in {hp.micro_batches} micro-batches" if hp.micro_batches > 1 else ""),
              f"activation checkpointing {'on for ' + ', '.join(checkpointed) if on else 'off'} in the config"
              + ("; with cache_gradient the roll-out's KV-cached calls are not recomputed" if hp.cache_gradient else "")]
-    if str(precision).startswith("bf16"):
-        notes.append(f"activations traced in float32; under trainer.precision {precision} most of them (matmul "
-                     "outputs) are bfloat16, so expect up to half")
+    notes.append(f"activations traced under {precision}: " + (
+        f"autocast's casts to {str(autocast).removeprefix('torch.')} applied" if autocast is not None else
+        "in float32"))
     return Plan(states, with_checkpointing if on else plain, plain if on else with_checkpointing, on,
                 None if gpu_memory is None else int(gpu_memory * GIB), notes)
 

@@ -15,6 +15,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
+from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_for_sampling, weights_choice
 from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
@@ -121,7 +122,8 @@ def sample_command(argv: list[str]) -> None:
         steps = student_sigmas(cfg.steps, shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
         first = (student_sigmas(cfg.first_block_steps, shift) if cfg.first_block_steps
                  else getattr(module, "first_block_sigmas", None))
-        sampler = StreamingSampler(generator, steps, first_block_sigmas=first)
+        solver = module.solver if isinstance(module, DistillationModule) else "renoise"  # released: few-step students
+        sampler = StreamingSampler(generator, steps, first_block_sigmas=first, solver=solver)
         num_frames = cfg.num_frames or module.hparams.num_frames
     out = Path(cfg.out)
     written = []

@@ -33,6 +33,8 @@ Two parts, added:
   kernel (flash / memory-efficient on a GPU, the CPU's flash kernel) that keeps q, k, v, the output and a
   log-sum-exp per query for backward; on meta PyTorch would run the unfused maths and keep the L×L weights.
   Gradients are dropped as they accumulate (the states count them), so the trace's peak is the activations'.
+  Under ``bf16-mixed`` the trace runs under ``MetaAutocast``, autocast's casting rules applied at the function
+  level (autocast itself does not run on the meta device), so the activations have the dtypes they would have.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -125,13 +129,96 @@ def fused_attention() -> Iterator[None]:
         functional.scaled_dot_product_attention = original
 
 
-def traced_peak(step, parameters: list[nn.Parameter]) -> int:
-    """Peak bytes of the storages alive while ``step()`` runs (on meta tensors), with fused attention. The
-    gradients that accumulate into ``parameters`` are dropped at once (the model states count them)."""
+_F = torch.nn.functional
+# autocast's op lists (CUDA), as the functions that reach them: those that run in the lower precision, and those
+# that run in float32 whatever their inputs; every other op runs in its inputs' (promoted) dtype
+_LOWER = {_F.linear, _F.conv1d, _F.conv2d, _F.conv3d, _F.conv_transpose1d, _F.conv_transpose2d, _F.conv_transpose3d,
+          _F.scaled_dot_product_attention, _F.prelu, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+          torch.Tensor.__rmatmul__, torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm,
+          torch.Tensor.baddbmm, torch.addmm, torch.Tensor.addmm, torch.addbmm, torch.mv, torch.einsum}
+_FLOAT32 = {_F.layer_norm, _F.group_norm, _F.softmax, _F.log_softmax, _F.softplus, _F.normalize, _F.mse_loss,
+            _F.l1_loss, _F.smooth_l1_loss, _F.cross_entropy, _F.binary_cross_entropy_with_logits, _F.kl_div,
+            torch.softmax, torch.Tensor.softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.exp,
+            torch.Tensor.exp, torch.log, torch.Tensor.log, torch.pow, torch.Tensor.pow, torch.Tensor.__pow__,
+            torch.rsqrt, torch.Tensor.rsqrt, torch.reciprocal, torch.Tensor.reciprocal, torch.sum, torch.Tensor.sum,
+            torch.cumsum, torch.Tensor.cumsum, torch.prod, torch.Tensor.prod, torch.norm, torch.Tensor.norm}
+
+
+class MetaAutocast(TorchFunctionMode):
+    """Autocast's rules where autocast does not run (the meta device): floating inputs of the lower-precision
+    ops cast to ``dtype``, of the float32 ops to float32, above autograd so that backward keeps the cast copies as
+    it would. As in autocast, the cast of a leaf that requires grad (a trainable parameter) is made once and kept
+    while the mode lasts. Function modes do not reach activation checkpointing's recompute in backward (autocast's
+    state does: checkpoint restores it), so while the mode lasts ``torch.utils.checkpoint.checkpoint`` re-enters it
+    around each recompute."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self._weights: dict[int, torch.Tensor] = {}
+        self._checkpoint = None
+        self._depth = 0  # re-entered around each recompute: the patch is made and undone by the outermost entry
+
+    def __enter__(self):
+        if self._depth == 0:
+            self._checkpoint = torch.utils.checkpoint.checkpoint
+            torch.utils.checkpoint.checkpoint = self._recomputing_under_casts
+        self._depth += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            torch.utils.checkpoint.checkpoint = self._checkpoint
+        return super().__exit__(*exc)
+
+    def _recomputing_under_casts(self, function, *args, use_reentrant: bool | None = None,
+                                 context_fn=torch.utils.checkpoint.noop_context_fn, **kwargs):
+        if use_reentrant is not False:  # context_fn needs the non-reentrant checkpoint (the one used here)
+            return self._checkpoint(function, *args, use_reentrant=use_reentrant, context_fn=context_fn, **kwargs)
+
+        def contexts():
+            forward, recompute = context_fn()
+
+            @contextlib.contextmanager
+            def recompute_under_casts():
+                with recompute, self:
+                    yield
+
+            return forward, recompute_under_casts()
+
+        return self._checkpoint(function, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+
+    def _cast(self, x, dtype: torch.dtype):
+        if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float16, torch.bfloat16) \
+                or x.dtype == dtype:
+            return x
+        if x.is_leaf and x.requires_grad:
+            key = id(x)
+            if key not in self._weights or self._weights[key].dtype != dtype:
+                self._weights[key] = x.to(dtype)
+            return self._weights[key]
+        return x.to(dtype)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dtype = self.dtype if func in _LOWER else torch.float32 if func in _FLOAT32 else None
+        if dtype is not None:
+            args = tuple(self._cast(a, dtype) if not isinstance(a, (list, tuple)) else type(a)(self._cast(b, dtype) for b in a)
+                         for a in args)
+            kwargs = {k: self._cast(v, dtype) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+def traced_peak(step, parameters: list[nn.Parameter], autocast: torch.dtype | None = None) -> int:
+    """Peak bytes of the storages alive while ``step()`` runs (on meta tensors), with fused attention and, given
+    ``autocast``, autocast's casts to that dtype (``MetaAutocast``). The gradients that accumulate into
+    ``parameters`` are dropped at once (the model states count them)."""
     hooks = [p.register_post_accumulate_grad_hook(_drop_grad) for p in parameters if p.requires_grad]
     meter = LiveBytes()
+    casts = MetaAutocast(autocast) if autocast is not None else contextlib.nullcontext()
     try:
-        with fused_attention(), meter:
+        with fused_attention(), meter, casts:
             step()
     finally:
         for hook in hooks:

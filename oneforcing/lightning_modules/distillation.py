@@ -712,12 +712,19 @@ class DistillationModule(L.LightningModule):
         state = full_state_dict(source)
         return merged_state_dict(source, state) if has_lora(source) else state
 
+    @property
+    def solver(self) -> str:
+        """The sampler update of this generator: "euler" when an objective makes it a diffusion model (its ODE),
+        else the few-step students' "renoise"."""
+        return next((o.solver for o in self.objectives if o.solver is not None), "renoise")
+
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,
                  guidance_scale: float | None = None, use_ema: bool = True) -> torch.Tensor:
         """Pixel videos (B, F, 3, H, W) from the streaming sampler with the training schedule."""
         source = self.generator_ema if use_ema and self.has_ema else self.generator
-        sampler = StreamingSampler(source, self.step_sigmas, first_block_sigmas=self.first_block_sigmas)
+        sampler = StreamingSampler(source, self.step_sigmas, first_block_sigmas=self.first_block_sigmas,
+                                   solver=self.solver)
         latents = sampler.sample(self.encode_prompts(prompts), self.hparams.num_frames, self.latent_shape(),
                                  per_prompt_generators(seed, len(prompts)))
         return self.codec.decode(latents)

@@ -51,11 +51,15 @@ class StepContext:
 class Objective(nn.Module):
     """Base class. Subclasses set ``roles`` and override one or both of the loss methods.
 
+    ``solver``: how the generator this objective trains is sampled, when it decides ("euler": a diffusion model's
+    ODE; None: the few-step students' re-noising sampler, ``StreamingSampler``'s default).
+
     Args:
         weight: multiplier of this objective's losses in the sums.
     """
 
     roles: ClassVar[tuple[str, ...]] = ("generator",)
+    solver: ClassVar[str | None] = None
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ class CausalDiffusion(Objective):
     """
 
     roles = ("generator",)
+    solver = "euler"  # a diffusion model: sampled along its ODE, not re-noised
 
     def __init__(self, weight: float = 1.0, teacher_forcing: bool = True, timestep_shift: float = 5.0) -> None:
         super().__init__(weight)
