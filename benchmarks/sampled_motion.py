@@ -98,6 +98,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the training schedule)")
     p.add_argument("--shift", type=float, default=None, help="the schedule's warp shift with --steps (default: the "
                    "student's warp_shift)")
+    p.add_argument("--solver", choices=["renoise", "euler"], default=None,
+                   help="the sampler update (default: the checkpoint's; checkpoints from before it was recorded "
+                        "read as renoise)")
     p.add_argument("--num-frames", type=int, default=6)
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--speed-scale", type=float, default=1.0, help="the world variant the students learned")
@@ -111,6 +114,8 @@ def main() -> None:
         module = load_trained_module(checkpoint).eval()
         if args.shift is not None:
             module.hparams.warp_shift = args.shift
+        if args.solver is not None:
+            module.hparams.solver = args.solver
         videos = sample(module, captions, seed=0, steps=args.steps, batch_size=args.count)
         rows.append((checkpoint, motion(videos, captions)))
         continued.append((checkpoint, continuation(module, real, captions, args.steps)))

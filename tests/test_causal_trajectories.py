@@ -392,15 +392,20 @@ def test_the_exact_teachers_autoregressive_trajectories_are_causal_and_end_on_ba
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_diffusion_trained_generator_samples_along_its_ode(monkeypatch):
-    """AR diffusion (CausalDiffusion) makes a diffusion model: generate() and evaluate integrate its ODE; a module
-    of few-step objectives keeps the re-noising update."""
+def test_a_diffusion_trained_generator_samples_along_its_ode(monkeypatch, teachers):
+    """AR diffusion (CausalDiffusion) makes a diffusion model: generate() and evaluate integrate its ODE, and so does
+    its export, rebuilt without objectives; a module of few-step objectives keeps the re-noising update; a bad
+    name is refused."""
+    from oneforcing.lightning_modules.checkpoints import load_trained_module
     from oneforcing.objectives.trajectory import TrajectoryDistillation
     from oneforcing.sampling import streaming
 
     module = causal_module()
     assert module.solver == "euler"
     assert DistillationModule([TrajectoryDistillation()], backbone=TINY, ema_start=None).solver == "renoise"
+    assert load_trained_module(teachers["causal_file"]).solver == "euler"
+    with pytest.raises(ValueError, match="solver='ddim' is not a sampler update"):
+        DistillationModule([TrajectoryDistillation()], backbone=TINY, ema_start=None, solver="ddim")
     used = []
     original = streaming.StreamingSampler.__init__
 

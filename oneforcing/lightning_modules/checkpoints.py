@@ -79,7 +79,7 @@ def build_trained_module(name: str, hparams: dict, state: dict[str, torch.Tensor
     if hparams.get("model_dir"):  # the folder gives the codec and text encoder; the weights come from `state`
         hparams["codec"], hparams["text_encoder"] = wan_components(hparams.pop("model_dir"))
     if name in INFERENCE_PREFIXES:
-        hparams["objectives"] = []  # sampling needs the generator only
+        hparams.update(objectives=[], activation_checkpointing=[])  # sampling needs the generator only
         state = {k: v for k, v in state.items() if k.startswith(INFERENCE_PREFIXES[name])}
     module = MODULE_CLASSES[name](**hparams)
     module.configure_model()
@@ -149,7 +149,8 @@ def load_released_module(path: str | Path, config: str | Path, model_dir: str | 
         WanModelFolder(folder).check()
         objects["codec"], objects["text_encoder"] = wan_components(folder)
     module = module_from_config(config, dict(objectives=[], teacher_weights=None, generator_weights=None,
-                                             critic_weights=None, model_dir=None), objects)
+                                             critic_weights=None, model_dir=None, activation_checkpointing=[]),
+                                objects)
     if folder:
         WanModelFolder(folder).check(backbone=module.backbone_config, latent_channels=module.codec.latent_channels,
                                      spatial_factor=module.codec.spatial_factor,

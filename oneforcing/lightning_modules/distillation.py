@@ -46,7 +46,7 @@ from oneforcing.objectives.base import ROLES, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
 from oneforcing.sampling.schedules import check_sigmas
 from oneforcing.models.flow_matching import warped_step_sigmas
-from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
+from oneforcing.sampling.streaming import SOLVERS, StreamingSampler, per_prompt_generators
 
 
 
@@ -110,6 +110,9 @@ class DistillationModule(L.LightningModule):
             activations in backward instead of keeping them (off by default): the full-sequence passes and the
             roll-out's gradient-carrying KV-cached calls (recomputed over the cache as their forward saw it; not
             with ``cache_gradient``, whose K/V leave the block).
+        solver: the streaming sampler's update for ``generate`` and the commands: "renoise" (few-step students)
+            or "euler" (a diffusion model's ODE); None: the objectives decide (AR diffusion: "euler"). The resolved
+            value is recorded, so an export samples the same way without its objectives.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class DistillationModule(L.LightningModule):
         activation_checkpointing: Sequence[str] = (),
         generator_lora: LoRAConfig | dict | None = None,
         critic_lora: LoRAConfig | dict | None = None,
+        solver: str | None = None,
     ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame; mutmut's trampoline hides it)
         super().__init__()
         self.automatic_optimization = False
@@ -162,6 +166,7 @@ class DistillationModule(L.LightningModule):
         self.hparams["denoising_steps"] = list(denoising_steps)
         self.hparams["first_block_steps"] = list(first_block_steps) if first_block_steps else None
         self.hparams["activation_checkpointing"] = list(activation_checkpointing)
+        self.hparams["solver"] = solver or next((o.solver for o in objectives if o.solver is not None), "renoise")
         self.generator_lora, self.critic_lora = as_lora_config(generator_lora), as_lora_config(critic_lora)
         for name, lora in (("generator_lora", self.generator_lora), ("critic_lora", self.critic_lora)):
             self.hparams[name] = dataclasses.asdict(lora) if lora else None  # plain types: loads with weights_only
@@ -188,6 +193,9 @@ class DistillationModule(L.LightningModule):
     # --- configuration ----------------------------------------------------------------------------------
     def _check_config(self) -> None:
         hp, problems = self.hparams, []
+        if hp.solver not in SOLVERS:
+            problems.append(f"solver={hp.solver!r} is not a sampler update; use one of {SOLVERS} (or null: the "
+                            "objectives decide)")
         for o in self.objectives:
             unknown = set(o.roles) - set(ROLES)
             if unknown:
@@ -714,9 +722,8 @@ class DistillationModule(L.LightningModule):
 
     @property
     def solver(self) -> str:
-        """The sampler update of this generator: "euler" when an objective makes it a diffusion model (its ODE),
-        else the few-step students' "renoise"."""
-        return next((o.solver for o in self.objectives if o.solver is not None), "renoise")
+        """The sampler update of this generator ("euler": a diffusion model's ODE; "renoise": few-step students)."""
+        return self.hparams.solver
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, num_steps: int | None = None,
