@@ -32,9 +32,9 @@ TINY_VAL_VIDEOS = 8
 TINY_SEED = 0
 
 
-def load_script(name: str):
-    """``scripts/<name>.py`` imported as module ``name`` (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    """``<folder>/<name>.py`` imported as module ``name`` (scripts and benchmarks are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import REPO_ROOT, WAN_CLIP, require_real_extra
 
 from oneforcing.cli import OneForcingCLI
 from oneforcing.commands.trajectories import export_trajectories
 from oneforcing.data.shards import read_index
 from oneforcing.models.text_encoders import UMT5TextEncoder
-from oneforcing.models.tiny_wan import TINY_WAN_BACKBONE
+from oneforcing.models.tiny_wan import tiny_recipe
 
 require_real_extra()
 
@@ -32,28 +31,9 @@ PRECISION = "bf16-mixed"
 
 
 def shrink(config: Path, model_dir: Path, data_root: Path, out: Path, generator_weights: str | None = None) -> Path:
-    """The recipe at tiny sizes, written to ``out/<name>.yaml``."""
-    recipe = yaml.safe_load(config.read_text())
-    trainer = recipe["trainer"]
-    trainer.update(accelerator="cpu", devices=1, strategy="auto", precision=PRECISION, max_steps=2,
-                   limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
-    trainer["logger"]["init_args"].update(save_dir=str(out / "runs"))
-    model = recipe["model"]["init_args"]
-    model.update(backbone=dict(TINY_WAN_BACKBONE), model_dir=str(model_dir), num_frames=LATENT_FRAMES,
-                 frame_size=[WAN_CLIP["height"], WAN_CLIP["width"]],
-                 generator_weights=generator_weights or str(model_dir))
-    if "teacher_backbone" in model:
-        model.update(teacher_backbone=dict(TINY_WAN_BACKBONE), teacher_weights=str(model_dir / "transformer"))
-    if model.get("gradient_window_frames"):
-        model["gradient_window_frames"] = LATENT_FRAMES - 1
-    for objective in model["objectives"]:
-        if objective["class_path"].endswith(".GAN"):
-            layers = len(objective["init_args"]["feature_layers"])
-            objective["init_args"].update(feature_layers=list(range(2 - layers, 2)), head_ffn_dim=32, head_num_heads=2)
-    recipe["data"]["init_args"].update(root=str(data_root), num_workers=0)
-    path = out / config.name
-    path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
-    return path
+    """The recipe at tiny sizes (``tiny_recipe``), at the test clip's latent frames and size, in bf16-mixed."""
+    return tiny_recipe(config, model_dir, data_root, out, generator_weights, num_frames=LATENT_FRAMES,
+                       frame_size=(WAN_CLIP["height"], WAN_CLIP["width"]), precision=PRECISION)
 
 
 @pytest.fixture(autouse=True)

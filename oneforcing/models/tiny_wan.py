@@ -90,3 +90,36 @@ def tiny_tokenizer(vocab_size: int = 200):
 
 def tiny_wan_config() -> WanConfig:
     return WanConfig(**TINY_WAN_BACKBONE)
+
+
+def tiny_recipe(config: str | Path, model_dir: str | Path, data_root: str | Path, out: str | Path,
+                generator_weights: str | None = None, num_frames: int = 6, frame_size: tuple[int, int] = (32, 32),
+                accelerator: str = "cpu", precision: str = "bf16-mixed", max_steps: int = 2) -> Path:
+    """A Wan2.1 recipe shrunk to the tiny folder, written to ``out/<name>.yaml``: the backbone (and teacher) to the
+    tiny transformer, ``num_frames`` latent frames of ``frame_size`` pixels, the GAN's feature layers and head to
+    fit 2 blocks, the gradient window to the frames; one device, no validation, no loader workers. Everything else
+    is the recipe's."""
+    import yaml
+
+    config, model_dir, out = Path(config), Path(model_dir), Path(out)
+    recipe = yaml.safe_load(config.read_text())
+    trainer = recipe["trainer"]
+    trainer.update(accelerator=accelerator, devices=1, strategy="auto", precision=precision, max_steps=max_steps,
+                   limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer["logger"]["init_args"].update(save_dir=str(out / "runs"))
+    model = recipe["model"]["init_args"]
+    model.update(backbone=dict(TINY_WAN_BACKBONE), model_dir=str(model_dir), num_frames=num_frames,
+                 frame_size=list(frame_size), generator_weights=generator_weights or str(model_dir))
+    if "teacher_backbone" in model:
+        model.update(teacher_backbone=dict(TINY_WAN_BACKBONE), teacher_weights=str(model_dir / "transformer"))
+    if model.get("gradient_window_frames"):
+        model["gradient_window_frames"] = num_frames - 1
+    for objective in model["objectives"]:
+        if objective["class_path"].endswith(".GAN"):
+            layers = len(objective["init_args"]["feature_layers"])
+            objective["init_args"].update(feature_layers=list(range(2 - layers, 2)), head_ffn_dim=32, head_num_heads=2)
+    recipe["data"]["init_args"].update(root=str(data_root), num_workers=0)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / config.name
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
+    return path
