@@ -11,27 +11,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from oneforcing.lightning_cli import OneForcingCLI
 
-import oneforcing.engines.deepspeed  # noqa: F401  (registers the `zero2` / `zero3` strategies by name)
-import oneforcing.engines.fsdp2  # noqa: F401  (registers the `fsdp2` strategies by name)
-
-
-class OneForcingCLI(LightningCLI):
-    """LightningCLI with subclass mode for model and data (``class_path`` / ``init_args`` in YAML)."""
-
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-            parser_kwargs={"default_env": False},
-        )
+__all__ = ["OneForcingCLI", "main"]
 
 
 def _extra_commands() -> dict[str, Callable[[list[str]], None]]:

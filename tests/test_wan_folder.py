@@ -15,7 +15,8 @@ from oneforcing.models.codecs import WanVAECodec
 from oneforcing.models.text_encoders import WAN_NEGATIVE_PROMPT, UMT5TextEncoder
 from oneforcing.models.tiny_wan import TINY_WAN_BACKBONE, tiny_wan_config
 from oneforcing.models.wan import WanBackbone
-from oneforcing.models.wan_folder import WanModelFolder, wan_components
+from oneforcing.models.wan_components import wan_components
+from oneforcing.models.wan_folder import WanModelFolder
 from oneforcing.objectives.dmd import DMD
 
 require_real_extra()

@@ -29,7 +29,8 @@ from oneforcing.data.resumable_shards import REPORT_FILE, ResumableShards
 from oneforcing.data.shards import encode_sample
 from oneforcing.data.video_folder import NO_CAPTION, ClipSpec, SkipVideo, VideoItem, list_videos, read_clip, to_unit_range
 from oneforcing.models.text_encoders import WAN_NEGATIVE_PROMPT
-from oneforcing.models.wan_folder import WanModelFolder, wan_components
+from oneforcing.models.wan_components import wan_components
+from oneforcing.models.wan_folder import WanModelFolder
 
 LATENT_DTYPE = torch.float16  # Wan latents are ~N(0, 1) per channel: float16 keeps the bf16 VAE's precision, half of fp32
 

@@ -23,6 +23,7 @@ from oneforcing.engines.deepspeed import DeepSpeedStrategy
 from oneforcing.engines.fsdp2 import FSDP2Strategy
 from oneforcing.engines.memory import (DEEPSPEED_MAX_LIVE, DEEPSPEED_PERSISTENCE, DEEPSPEED_REDUCE_BUCKET, ENGINES, FP32,
                                        EngineSettings, Plan, RoleSizes, state_bytes, traced_peak)
+from oneforcing.lightning_cli import OneForcingCLI
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.wan import WanBackbone
@@ -49,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_objects(config: str, overrides: list[str]) -> tuple[Any, Any, dict]:
     """The config's module and data module, instantiated as ``oneforcing fit`` would, and its trainer settings."""
-    from oneforcing.cli import OneForcingCLI
-
     class ModelOnlyCLI(OneForcingCLI):
         def instantiate_trainer(self, **kwargs):  # no accelerator or process group: only the model is needed
             return None

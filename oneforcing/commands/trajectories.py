@@ -40,7 +40,8 @@ from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import euler_sigmas, warped_step_sigmas
 from oneforcing.models.wan import WanConfig
-from oneforcing.models.wan_folder import BACKBONE_FIELDS, WanModelFolder, wan_components
+from oneforcing.models.wan_components import wan_components
+from oneforcing.models.wan_folder import BACKBONE_FIELDS, WanModelFolder
 from oneforcing.sampling.euler import (VelocityFn, autoregressive_euler_sample, euler_sample,
                                       teacher_forcing_velocity)
 

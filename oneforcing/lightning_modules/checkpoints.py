@@ -22,7 +22,8 @@ from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
 from oneforcing.models.released_checkpoints import is_released_checkpoint, load_released, released_state
 from oneforcing.models.wan import safetensors_metadata
-from oneforcing.models.wan_folder import WanModelFolder, wan_components
+from oneforcing.models.wan_components import wan_components
+from oneforcing.models.wan_folder import WanModelFolder
 
 MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule,
                                                       "DistillationModule": DistillationModule}

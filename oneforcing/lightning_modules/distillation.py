@@ -41,7 +41,8 @@ from oneforcing.models.sharded import (full_state_dict, full_tensor, gathered, i
 from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
-from oneforcing.models.wan_folder import WanModelFolder, wan_components
+from oneforcing.models.wan_components import wan_components
+from oneforcing.models.wan_folder import WanModelFolder
 from oneforcing.objectives.base import ROLES, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
 from oneforcing.sampling.schedules import check_sigmas

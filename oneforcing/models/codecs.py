@@ -12,6 +12,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from oneforcing.models.wan_folder import vae_spatial_factor, vae_temporal_factor
+
 
 class SpaceToDepthCodec(nn.Module):
     """Folds each f×f pixel patch into channels: (B, F, 3, H, W) -> (B, F, 3·f², H/f, W/f). Lossless."""
@@ -68,7 +70,6 @@ class WanVAECodec(nn.Module):
             return
         from diffusers import AutoencoderKLWan
 
-        from oneforcing.models.wan_folder import vae_spatial_factor, vae_temporal_factor
 
         root = Path(self.path)
         if not (root / "config.json").is_file():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from oneforcing.models.toy_vocabulary import VOCABULARY
+from oneforcing.models.wan_folder import tokenizer_vocab_problem
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -106,7 +107,6 @@ class UMT5TextEncoder(nn.Module):
             return
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        from oneforcing.models.wan_folder import tokenizer_vocab_problem
 
         root = Path(self.path)
         if not (root / "config.json").is_file():

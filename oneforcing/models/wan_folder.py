@@ -114,21 +114,6 @@ class WanModelFolder:
         return self
 
 
-def wan_components(model_dir: str | Path, dtype: str = "bfloat16"):
-    """(WanVAECodec, UMT5TextEncoder) reading a Wan2.1 folder's ``vae/``, ``text_encoder/`` and ``tokenizer/``.
-
-    The codec keeps Wan2.1's 16 latent channels and 8x compression (a folder with another VAE is reported, not
-    followed); the text width is read from ``text_encoder/config.json`` when present."""
-    from oneforcing.models.codecs import WanVAECodec
-    from oneforcing.models.text_encoders import UMT5TextEncoder
-
-    folder = WanModelFolder(model_dir)
-    text_config = folder.text_encoder / "config.json"  # the token width is the folder's (umT5-XXL: 4096)
-    dim = json.loads(text_config.read_text()).get("d_model", 4096) if text_config.is_file() else 4096
-    return (WanVAECodec(str(folder.vae), dtype=dtype),
-            UMT5TextEncoder(str(folder.text_encoder), dtype=dtype, dim=dim, tokenizer=str(folder.tokenizer)))
-
-
 def vae_spatial_factor(config: dict) -> int:
     return int(config.get("scale_factor_spatial") or 2 ** (len(config.get("dim_mult", [1, 2, 4, 4])) - 1))
 
