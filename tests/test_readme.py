@@ -1,4 +1,5 @@
-"""Docs that execute (style §11): every `oneforcing` command in the README parses with the real parsers."""
+"""Docs that execute: every `oneforcing` command in the README and in the docs pages it sends users to
+(docs/commands.md, methods.md, toy_world.md, evaluation.md) parses with the real parsers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ PARSERS = {"data": data_command, "sample": sample_command, "evaluate": evaluate,
 
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
-COMMANDS = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip().startswith("oneforcing ")]
+DOCS = [REPO_ROOT / "docs" / name for name in ("commands.md", "methods.md", "toy_world.md", "evaluation.md")]
+DOC_BLOCKS = [b for doc in DOCS for b in re.findall(r"```(?:bash)?\n(.*?)```", doc.read_text(), flags=re.S)]
+COMMANDS = [line.strip() for block in BLOCKS + DOC_BLOCKS for line in block.splitlines()
+            if line.strip().startswith("oneforcing ")]
 
 
 def test_readme_opens_with_the_two_setup_commands():
@@ -31,6 +35,9 @@ def test_readme_opens_with_the_two_setup_commands():
 
 def test_readme_has_commands_for_each_entry_point():
     kinds = {shlex.split(c)[1] for c in COMMANDS}
+    quick_start = {shlex.split(line.strip())[1] for block in BLOCKS for line in block.splitlines()
+                   if line.strip().startswith("oneforcing ")}
+    assert {"data", "fit", "sample", "evaluate", "compare"} <= quick_start, "the README's quick start"
     assert {"data", "fit", "sample", "evaluate", "compare", "vbench"} <= kinds, COMMANDS
 
 
