@@ -45,11 +45,13 @@ def motion(videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
     across = torch.zeros(videos.shape[1] - 1)
     counts = torch.zeros(videos.shape[1] - 1)
     read = {"found": 0, "right": 0, "wrong": 0, "unread": 0}
-    speeds = []
+    speeds, starts = [], []
     for video, caption in zip(videos, captions):
         unit = torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])
         normal = torch.stack([-unit[1], unit[0]])
         c = [centroid(frame) for frame in video]
+        if c[0] is not None:  # where frame 0 puts the object along its motion: 0 the border it leaves, 1 the other
+            starts.append(float(c[0] @ unit) if float(unit.sum()) > 0 else 1 + float(c[0] @ unit))
         for k in range(1, len(c)):
             if c[k] is not None and c[k - 1] is not None:
                 along[k - 1] += (c[k] - c[k - 1]) @ unit
@@ -64,7 +66,8 @@ def motion(videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
             speeds.append(m["speed"])
     n = len(captions)
     return {"along": (along / counts.clamp_min(1)).tolist(), "across": (across / counts.clamp_min(1)).tolist(),
-            **{k: v / n for k, v in read.items()}, "speed": sum(speeds) / max(len(speeds), 1)}
+            **{k: v / n for k, v in read.items()}, "speed": sum(speeds) / max(len(speeds), 1),
+            "start": sum(starts) / max(len(starts), 1)}
 
 
 def displacement_along(first: torch.Tensor, second: torch.Tensor, captions: list[str]) -> float:
@@ -120,12 +123,12 @@ def main() -> None:
         rows.append((checkpoint, motion(videos, captions)))
         continued.append((checkpoint, continuation(module, real, captions, args.steps)))
     print("| videos | along caption per step (frame widths) | across | found | direction right / wrong / unread | "
-          "read speed |\n|---|---|---|---|---|---|")
+          "read speed | frame 0 along the motion (0: the border it leaves) |\n|---|---|---|---|---|---|---|")
     for name, r in rows:
         along = " ".join(f"{a:+.3f}" for a in r["along"])
         across = " ".join(f"{a:.3f}" for a in r["across"])
         print(f"| {name} | {along} | {across} | {r['found']:.2f} | {r['right']:.2f} / {r['wrong']:.2f} / "
-              f"{r['unread']:.2f} | {r['speed']:.3f} |")
+              f"{r['unread']:.2f} | {r['speed']:.3f} | {r['start']:.2f} |")
     print(f"\n| given the world's first block | first generated frame along caption (frame widths) | / the world's "
           f"({world_step:+.3f}) |\n|---|---|---|")
     for name, moved in continued:
