@@ -32,3 +32,15 @@ def test_without_a_gpu_it_says_how_to_run_it(monkeypatch):
     monkeypatch.setattr(check.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device here.*--cpu-smoke"):
         check.main()
+
+
+def test_streaming_limit_counts_the_wan_students_flops_in_closed_form():
+    """Two latent frames of the 1.3B student at 480×832, 1 step + context pass each: the FLOPs are about
+    2 · parameters · tokens per pass (the linear layers), two passes per frame, plus attention that grows with the
+    frames already cached."""
+    limit = load_script("streaming_limit", "benchmarks")
+    mean, per_block = limit.flops_per_frame(frames=2, steps=1)
+    linear = 2 * 1.42e9 * 1560 * 2  # 2·N·T per pass, two passes per frame
+    assert 0.95 * linear < per_block[0] < 1.3 * linear
+    assert per_block[1] > per_block[0]  # the second frame attends to the first one's keys too
+    assert mean == pytest.approx(sum(per_block) / 2)
