@@ -7,7 +7,11 @@ displacement along the captioned direction and across it, beside the world's own
 and what the attribute reader makes of them (found, direction right / wrong / unread, its measured speed).
 A second table gives each student the world's own first block (``StreamingSampler(prefix=...)``) and samples the
 rest: the displacement of the first generated frame along the caption, as a fraction of the world's. From a still
-frame only the caption tells where the object goes.
+frame only the caption tells where the object goes, unless the position does: the world starts each object in the
+third of its path it moves away from, so a student may have learned "move away from the nearer border" instead of
+the word. The third column asks the same with the direction word reversed (the world's first frame of "moving
+right", the caption "moving left"): a student that reads the word moves along the new caption (positive), one
+that reads the position keeps the old way (negative).
 
     python benchmarks/sampled_motion.py --checkpoint A.ckpt [B.safetensors ...] [--steps 16 [--shift 1]] [--num-frames 6]
 """
@@ -33,8 +37,35 @@ from oneforcing.lightning_modules.checkpoints import load_trained_module  # noqa
 from oneforcing.models.toy_vocabulary import DIRECTIONS  # noqa: E402
 
 
+WRAP = {"on": False}  # the torus world variant: centroids as circular means, displacements to the nearest image
+
+
+def torus_centroid(frame: torch.Tensor, threshold: float = 0.1) -> torch.Tensor | None:
+    """``centroid`` on a torus: the circular mean of each coordinate (an object split across a side stays one)."""
+    background = frame.flatten(1).median(dim=1).values
+    weight = (frame - background[:, None, None]).norm(dim=0)
+    weight = torch.where(weight > threshold, weight, torch.zeros(()))
+    if weight.sum() < 1.0:
+        return None
+    H, W = weight.shape
+    angles = [2 * torch.pi * torch.arange(n) / n for n in (W, H)]
+    marginals = [weight.sum(0), weight.sum(1)]
+    return torch.stack([torch.atan2((m * a.sin()).sum(), (m * a.cos()).sum()) / (2 * torch.pi) % 1.0
+                        for m, a in zip(marginals, angles)])
+
+
+def point(frame: torch.Tensor) -> torch.Tensor | None:
+    return torus_centroid(frame) if WRAP["on"] else centroid(frame)
+
+
+def step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Displacement from centroid a to b (frame widths), to the nearest image on the torus."""
+    d = b - a
+    return (d + 0.5) % 1.0 - 0.5 if WRAP["on"] else d
+
+
 def world_videos(count: int, num_frames: int, seed: int = 777, speed_scale: float = 1.0) -> tuple[torch.Tensor, list[str]]:
-    videos = [make_video(seed, i, num_frames=num_frames, speed_scale=speed_scale) for i in range(count)]
+    videos = [make_video(seed, i, num_frames=num_frames, speed_scale=speed_scale, wrap=WRAP["on"]) for i in range(count)]
     pixels = torch.stack([torch.from_numpy(v.pixels).float() / 127.5 - 1 for v in videos])
     return pixels, [v.caption for v in videos]
 
@@ -49,13 +80,13 @@ def motion(videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
     for video, caption in zip(videos, captions):
         unit = torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])
         normal = torch.stack([-unit[1], unit[0]])
-        c = [centroid(frame) for frame in video]
+        c = [point(frame) for frame in video]
         if c[0] is not None:  # where frame 0 puts the object along its motion: 0 the border it leaves, 1 the other
             starts.append(float(c[0] @ unit) if float(unit.sum()) > 0 else 1 + float(c[0] @ unit))
         for k in range(1, len(c)):
             if c[k] is not None and c[k - 1] is not None:
-                along[k - 1] += (c[k] - c[k - 1]) @ unit
-                across[k - 1] += ((c[k] - c[k - 1]) @ normal).abs()
+                along[k - 1] += step(c[k - 1], c[k]) @ unit
+                across[k - 1] += (step(c[k - 1], c[k]) @ normal).abs()
                 counts[k - 1] += 1
         m = measure_video(video)
         read["found"] += m["found"]
@@ -74,15 +105,26 @@ def displacement_along(first: torch.Tensor, second: torch.Tensor, captions: list
     """Mean centroid displacement (frame widths) from frames ``first`` to ``second`` (N, 3, H, W) along the caption."""
     moved = []
     for a, b, caption in zip(first, second, captions):
-        p, q = centroid(a), centroid(b)
+        p, q = point(a), point(b)
         if p is not None and q is not None:
-            moved.append(float((q - p) @ torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])))
+            moved.append(float(step(p, q) @ torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])))
     return sum(moved) / max(len(moved), 1)
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def reversed_caption(caption: str) -> str:
+    """The caption with the opposite direction word."""
+    words = caption.split()
+    words[5] = OPPOSITE[words[5]]
+    return " ".join(words)
 
 
 @torch.no_grad()
 def continuation(module, real: torch.Tensor, captions: list[str], steps: int | None) -> float:
-    """The first generated frame's displacement along the caption, given the world's first block."""
+    """The first generated frame's displacement along ``captions``, given the world's first block (whose videos may
+    follow other captions: see ``--reversed``)."""
     hp = module.hparams
     generator = causal_generator_from(module, hp.block_size, hp.first_block_size)
     first = generator.layout(real.shape[1]).blocks[0][1]
@@ -107,7 +149,9 @@ def main() -> None:
     p.add_argument("--num-frames", type=int, default=6)
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--speed-scale", type=float, default=1.0, help="the world variant the students learned")
+    p.add_argument("--wrap", action="store_true", help="the torus world variant (oneforcing data toy --wrap true)")
     args = p.parse_args()
+    WRAP["on"] = args.wrap
     torch.set_num_threads(1)
     real, captions = world_videos(args.count, args.num_frames, speed_scale=args.speed_scale)
     rows = [("the world", motion(real, captions))]
@@ -121,7 +165,8 @@ def main() -> None:
             module.hparams.solver = args.solver
         videos = sample(module, captions, seed=0, steps=args.steps, batch_size=args.count)
         rows.append((checkpoint, motion(videos, captions)))
-        continued.append((checkpoint, continuation(module, real, captions, args.steps)))
+        continued.append((checkpoint, continuation(module, real, captions, args.steps),
+                          continuation(module, real, [reversed_caption(c) for c in captions], args.steps)))
     print("| videos | along caption per step (frame widths) | across | found | direction right / wrong / unread | "
           "read speed | frame 0 along the motion (0: the border it leaves) |\n|---|---|---|---|---|---|---|")
     for name, r in rows:
@@ -130,9 +175,10 @@ def main() -> None:
         print(f"| {name} | {along} | {across} | {r['found']:.2f} | {r['right']:.2f} / {r['wrong']:.2f} / "
               f"{r['unread']:.2f} | {r['speed']:.3f} | {r['start']:.2f} |")
     print(f"\n| given the world's first block | first generated frame along caption (frame widths) | / the world's "
-          f"({world_step:+.3f}) |\n|---|---|---|")
-    for name, moved in continued:
-        print(f"| {name} | {moved:+.4f} | {moved / world_step:+.2f} |")
+          f"({world_step:+.3f}) | with the direction word reversed: along the new caption / the world's |"
+          f"\n|---|---|---|---|")
+    for name, moved, against in continued:
+        print(f"| {name} | {moved:+.4f} | {moved / world_step:+.2f} | {against / world_step:+.2f} |")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,30 @@ def test_object_pixels_have_the_named_colour():
             assert share > 0.98  # the default world's background is flat (the rest: edges at rounded positions)
             checked += 1
     assert checked == 50
+
+
+def test_world_variants_speed_scale_and_torus():
+    """speed_scale multiplies the named speeds; wrap puts the object anywhere on a torus, moving without bounces,
+    with its area kept when it crosses a side."""
+    from oneforcing.data.toy_world import make_video
+
+    base, fast = make_video(0, 5, num_frames=6), make_video(0, 5, num_frames=6, speed_scale=4)
+    assert fast.caption == base.caption
+    assert fast.attributes["objects"][0]["speed_px_per_frame"] == pytest.approx(
+        4 * base.attributes["objects"][0]["speed_px_per_frame"], rel=1e-3)
+    crossed = 0
+    for index in range(40):
+        video = make_video(0, index, num_frames=6, speed_scale=4, wrap=True)
+        obj = video.attributes["objects"][0]
+        track = np.array(obj["trajectory"])  # (F, 2)
+        assert ((track >= 0) & (track < 32)).all()
+        dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[obj["direction"]]
+        moved = (np.diff(track, axis=0) @ np.array([dx, dy]) + 16) % 32 - 16  # nearest image
+        assert np.allclose(moved, obj["speed_px_per_frame"], atol=1e-2), "constant speed, never reversed"
+        background = np.median(video.pixels.reshape(6, 3, -1), axis=2)[..., None, None]
+        area = (np.abs(video.pixels.astype(float) - background).sum(axis=1) > 30).sum(axis=(1, 2))
+        assert area.max() - area.min() <= 0.25 * area.max() + 4, "the object keeps its size across a side"
+        crossed += int((np.abs(np.diff(track, axis=0)) > 16).any())
+    assert crossed > 5
+    with pytest.raises(ValueError, match="speed_scale"):
+        make_video(0, 0, speed_scale=0)

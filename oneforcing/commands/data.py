@@ -38,6 +38,9 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--speed-scale", "--speed_scale", dest="speed_scale", type=float, default=1.0,
                      help="multiplies the named speeds (1: the default world, 1 and 2.2 px per frame; 4: a world "
                           "variant whose slow objects move one 4-pixel token per frame)")
+    toy.add_argument("--wrap", type=bool, default=False,
+                     help="true: a world variant on a torus (objects start anywhere and wrap around the sides, so that "
+                          "only the caption tells the direction)")
     sub.add_subcommand("toy", toy)
     from oneforcing.commands.encode import add_parsers
     from oneforcing.commands.trajectories import add_parser
@@ -49,7 +52,7 @@ def build_parser() -> ArgumentParser:
 
 def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, seed: int, num_frames: int = 12,
                       size: int = 32, samples_per_shard: int = 500, progress: bool = True, max_objects: int = 1,
-                      background: str = "flat", speed_scale: float = 1.0) -> dict:
+                      background: str = "flat", speed_scale: float = 1.0, wrap: bool = False) -> dict:
     """Write ``out/train`` and ``out/val``; returns both indexes."""
     problems = []
     if num_videos < 1:
@@ -72,13 +75,15 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
     for split, count, split_seed in (("train", num_videos, seed), ("val", num_val_videos, seed + VAL_SEED_OFFSET)):
         if count == 0:
             continue
-        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background, speed_scale)
+        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background, speed_scale, wrap)
         if progress:
             samples = track(samples, total=count, description=f"toy {split}")
         meta = dict(world="toy", seed=split_seed, num_frames=num_frames, size=size, max_objects=max_objects,
                     background=background)
         if speed_scale != 1.0:
             meta["speed_scale"] = speed_scale
+        if wrap:
+            meta["wrap"] = True
         result[split] = write_shards(samples, Path(out) / split, samples_per_shard, meta=meta)
     return result
 
@@ -98,6 +103,6 @@ def data_command(argv: list[str]) -> None:
         start = time.perf_counter()
         indexes = write_toy_dataset(c.out, c.num_videos, c.num_val_videos, c.seed, c.num_frames, c.size,
                                     c.samples_per_shard, max_objects=c.max_objects, background=c.background,
-                                    speed_scale=c.speed_scale)
+                                    speed_scale=c.speed_scale, wrap=c.wrap)
         counts = ", ".join(f"{k}: {v['total']} videos in {len(v['shards'])} shards" for k, v in indexes.items())
         Console().print(f"[green]Wrote {counts} to {c.out} in {time.perf_counter() - start:.1f} s")
