@@ -31,10 +31,10 @@ from torch import nn
 
 from oneforcing.data.datamodule import ShardDataModule
 from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
+from oneforcing.lightning_modules.distillation_checks import config_problems
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
-from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.engines.deepspeed import DeepSpeedStrategy, EngineRole, FrozenRole
 from oneforcing.models.sharded import (full_state_dict, full_tensor, gathered, is_fsdp2, is_partitioned,
                                        aligned_parts, reshard)
@@ -42,12 +42,10 @@ from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_l
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.models.wan_components import wan_components
-from oneforcing.models.wan_folder import WanModelFolder
-from oneforcing.objectives.base import ROLES, Objective, StepContext
+from oneforcing.objectives.base import Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
-from oneforcing.sampling.schedules import check_sigmas
 from oneforcing.models.flow_matching import warped_step_sigmas
-from oneforcing.sampling.streaming import SOLVERS, StreamingSampler, per_prompt_generators
+from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 
 
 
@@ -193,81 +191,9 @@ class DistillationModule(L.LightningModule):
 
     # --- configuration ----------------------------------------------------------------------------------
     def _check_config(self) -> None:
-        hp, problems = self.hparams, []
-        if hp.solver not in SOLVERS:
-            problems.append(f"solver={hp.solver!r} is not a sampler update; use one of {SOLVERS} (or null: the "
-                            "objectives decide)")
-        for o in self.objectives:
-            unknown = set(o.roles) - set(ROLES)
-            if unknown:
-                problems.append(f"{type(o).__name__} declares unknown roles {sorted(unknown)}")
-            if "teacher" in o.roles and not (hp.teacher_weights or hp.model_dir) and self.teacher is None:
-                problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
-                                "(e.g. assets/toy_teacher.safetensors) or model.init_args.teacher (e.g. "
-                                "oneforcing.data.exact_bank.ExactToyTeacher)")
-            problems += o.check(self)
-        problems += self._given_teacher_problems()
-        unknown = sorted(set(hp.activation_checkpointing) - {"generator", "critic"})
-        if unknown:
-            problems.append(f"activation_checkpointing names {unknown}; it takes the trainable roles 'generator' and "
-                            "'critic' (the teacher runs without gradients)")
-        elif "critic" in hp.activation_checkpointing and "critic" not in self.roles:
-            problems.append("activation_checkpointing names 'critic', but no objective uses a critic")
-        if hp.micro_batches < 1:
-            problems.append(f"micro_batches={hp.micro_batches} must be >= 1 (1: no gradient accumulation)")
-        if hp.critic_warmup < 0:
-            problems.append(f"critic_warmup={hp.critic_warmup} must be >= 0 (critic-only iterations before the first "
-                            "generator step)")
-        if hp.generator_update_every < 1:
-            problems.append(f"generator_update_every={hp.generator_update_every} must be >= 1 "
-                            "(one generator step per that many critic steps)")
-        problems += self.backbone_config.io_problems(self.codec, self.text_encoder)
-        if hp.model_dir and WanModelFolder(hp.model_dir).root.exists():  # a missing folder fails when weights load
-            problems += WanModelFolder(hp.model_dir).problems(
-                backbone=self.backbone_config, latent_channels=self.codec.latent_channels,
-                spatial_factor=self.codec.spatial_factor, text_dim=self.backbone_config.text_dim)
-        if isinstance(self.text_encoder, ToyTextEncoder):
-            try:
-                self.text_encoder.tokenize(hp.negative_prompt)
-            except ValueError as error:
-                problems.append(f"negative_prompt: {error} (the toy's unconditional context is \"\")")
-        if hp.gradient_window_frames is not None and not 0 < hp.gradient_window_frames <= hp.num_frames:
-            problems.append(f"gradient_window_frames={hp.gradient_window_frames} must be in [1, num_frames={hp.num_frames}]")
-        try:
-            check_sigmas(self.step_sigmas, "denoising_steps (warped)")
-            if self.first_block_sigmas:
-                check_sigmas(self.first_block_sigmas, "first_block_steps (warped)")
-            CausalWanBackbone.layout_for(hp.num_frames, hp.block_size, hp.first_block_size)
-        except ValueError as error:
-            problems.append(str(error))
+        problems = config_problems(self)
         if problems:
             raise ValueError("Invalid DistillationModule config:\n  - " + "\n  - ".join(problems))
-
-    def _given_teacher_problems(self) -> list[str]:
-        """A teacher given as a module: not beside teacher_weights, a critic initialisation, and for an exact
-        teacher a bank that fits the module's latents, contexts and negative prompt."""
-        hp, problems = self.hparams, []
-        if self.teacher is None:
-            return problems
-        if hp.teacher_weights:
-            problems.append("both teacher and teacher_weights are set; give one (the critic and generator start "
-                            "from critic_weights / generator_weights, e.g. assets/toy_teacher.safetensors)")
-        if "critic" in self.roles and not (hp.critic_weights or hp.model_dir):
-            problems.append("the critic has no initialisation: with model.init_args.teacher set, set "
-                            "model.init_args.critic_weights (e.g. assets/toy_teacher.safetensors, the neural teacher)")
-        if isinstance(self.teacher, ExactTeacher):
-            context_shape = (self.text_encoder.max_tokens, self.text_encoder.dim) \
-                if isinstance(self.text_encoder, ToyTextEncoder) else self.teacher.caption_embeddings.shape[1:]
-            problems += self.teacher.io_problems(hp.num_frames, self.latent_shape(), context_shape)
-            if not problems and isinstance(self.text_encoder, ToyTextEncoder):
-                try:
-                    unconditional = int(self.teacher.caption_index(self.text_encoder([hp.negative_prompt]))[0]) == -1
-                except ValueError:
-                    unconditional = False
-                if not unconditional:
-                    problems.append(f"negative_prompt={hp.negative_prompt!r} is not the exact teacher's unconditional "
-                                    "prompt; set the teacher's unconditional_prompt to the same text")
-        return problems
 
     def configure_model(self) -> None:
         if self.generator is None:
