@@ -8,6 +8,7 @@ same conventions through jsonargparse parsers: ``--config`` YAML, ``--help``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -48,11 +49,24 @@ commands:
 """
 
 
+# what a command raises for bad input (a missing file, a word outside the vocabulary, a corrupt checkpoint): one
+# message naming the problem and the fix, without a traceback (set ONEFORCING_TRACEBACK=1 to see it)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = _extra_commands()
     if argv and argv[0] in extra:
-        extra[argv[0]](argv[1:])
+        try:
+            extra[argv[0]](argv[1:])
+        except USER_ERRORS as error:
+            if os.environ.get("ONEFORCING_TRACEBACK"):
+                raise
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"oneforcing {argv[0]}: error: {message}\n(ONEFORCING_TRACEBACK=1 shows where it was raised)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
         return
     if not argv or argv[0] in ("-h", "--help"):
         print(OVERVIEW)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY_BACKBONE, TINY_FRAMES, TINY_SIZE, describe, run_cli, tiny_fit_args
+from conftest import REPO_ROOT, TINY_BACKBONE, TINY_FRAMES, TINY_SIZE, describe, run_cli, tiny_fit_args
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -124,3 +125,40 @@ def test_help_lists_every_command():
     assert result.returncode == 0, describe(result)
     for command in ("fit", "data toy", "sample"):
         assert command in result.stdout
+
+
+def test_user_errors_are_one_message_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """A command's bad input ends with the problem and its fix on stderr and exit status 2; a corrupt or truncated
+    checkpoint names the file; ONEFORCING_TRACEBACK=1 gives the traceback back."""
+    from oneforcing.cli import main
+
+    monkeypatch.delenv("ONEFORCING_TRACEBACK", raising=False)
+    exported = REPO_ROOT / "assets" / "toy_teacher.safetensors"
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(exported.read_bytes()[:100])
+    truncated = tmp_path / "truncated.ckpt"
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, whole)
+    truncated.write_bytes(whole.read_bytes()[:300])
+    cases = [([str(tmp_path / "missing.safetensors")], "missing.safetensors does not exist"),
+             ([str(broken)], f"{broken} cannot be read: .*corrupt or truncated"),
+             ([str(truncated)], f"{truncated} cannot be read: .*corrupt or truncated")]
+    for checkpoint, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["sample", "--checkpoint", *checkpoint, "--prompt", "a red circle", "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and re.search(message, err) and "Traceback" not in err, err
+        assert err.startswith("oneforcing sample: error: ")
+    monkeypatch.setenv("ONEFORCING_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["sample", "--checkpoint", str(tmp_path / "missing.safetensors"), "--prompt", "a red circle"])
+
+
+def test_help_shows_readable_choices(capsys):
+    from oneforcing.cli import main
+
+    for command in (["sample", "--help"], ["data", "toy", "--help"], ["data", "encode", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        out = capsys.readouterr().out
+        assert "<lambda>" not in out and "<function" not in out, command

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int, default=500)
     toy.add_argument("--max-objects", "--max_objects", dest="max_objects", type=int, default=1,
                      help="1 (the default world) or 2 (40 %% of videos with two objects, the earlier world)")
-    toy.add_argument("--background", type=str, default="flat", choices=list(BACKGROUNDS),
+    toy.add_argument("--background", type=Literal["flat", "textured"], default="flat",
                      help="flat (the default world) or textured (the earlier world)")
     toy.add_argument("--speed-scale", "--speed_scale", dest="speed_scale", type=float, default=1.0,
                      help="multiplies the named speeds (1: the default world, 1 and 2.2 px per frame; 4: a world "

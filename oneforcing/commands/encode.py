@@ -15,6 +15,8 @@ skipped, counted, printed in the summary and listed with its reason in ``report.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +48,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--negative-prompt", "--negative_prompt", dest="negative_prompt", type=str,
                        default=WAN_NEGATIVE_PROMPT, help="the recipes' unconditional CFG text, cached beside the "
                                                          "shards (default: Wan's standard negative prompt)")
-        p.add_argument("--dtype", type=str, default="bfloat16", choices=["bfloat16", "float32"],
+        p.add_argument("--dtype", type=Literal["bfloat16", "float32"], default="bfloat16",
                        help="dtype of the VAE and umT5")
         p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                        help="captions per umT5 call")

@@ -8,6 +8,8 @@ streaming from a teacher checkpoint runs the causal student initialised from it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import re
 from pathlib import Path
 
@@ -32,10 +34,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--prompt-file", "--prompt_file", dest="prompt_file", type=str | None, default=None,
                    help="a text file with one prompt per line")
     p.add_argument("--out", type=str, default="samples")
-    p.add_argument("--format", type=str, default="gif", choices=["gif", "mp4"])
+    p.add_argument("--format", type=Literal["gif", "mp4"], default="gif", help="gif or mp4")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
-    p.add_argument("--sampler", type=str, default="auto", choices=["auto", "euler", "streaming"])
+    p.add_argument("--sampler", type=Literal["auto", "euler", "streaming"], default="auto",
+                   help="auto: streaming for a causal student, euler for a bidirectional teacher")
     p.add_argument("--steps", type=int | None, default=None,
                    help="denoising steps (euler: the module's default; streaming: per block, default: the "
                         "student's training schedule, else 1)")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import lightning as L
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from oneforcing.engines.deepspeed import is_deepspeed_checkpoint, read_deepspeed_checkpoint
@@ -42,6 +44,22 @@ def read_trained(path: str | Path) -> tuple[str, dict, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    try:
+        return _read_trained(path)
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError) as error:
+        if isinstance(error, RuntimeError) and not _looks_corrupt(error):
+            raise
+        raise ValueError(f"{path} cannot be read: {error}. The file is corrupt or truncated (an interrupted copy or "
+                         "write?); use another checkpoint, e.g. the run's previous one or its weights.safetensors.") from error
+
+
+def _looks_corrupt(error: RuntimeError) -> bool:
+    """torch.load's own words for a damaged zip archive."""
+    text = str(error)
+    return any(k in text for k in ("PytorchStreamReader", "zip archive", "central directory", "invalid header"))
+
+
+def _read_trained(path: Path) -> tuple[str, dict, dict[str, torch.Tensor]]:
     if path.is_dir():
         checkpoint = read_sharded_checkpoint(path)
         hparams, state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
