@@ -162,3 +162,28 @@ def test_help_shows_readable_choices(capsys):
             main(command)
         out = capsys.readouterr().out
         assert "<lambda>" not in out and "<function" not in out, command
+
+
+def test_the_progress_bar_reads_iterations_of_max_steps(monkeypatch):
+    """The bar is titled with iterations of max_steps, integral metrics are integers, v_num is left out, and slow
+    rates read in seconds per iteration; the CLI gives every run this bar unless the config names one or turns it
+    off."""
+    import sys
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from oneforcing.callbacks.progress import IterationProgressBar, rate_text
+    from oneforcing.lightning_cli import OneForcingCLI
+
+    assert rate_text(0.05) == "20.0 s/it" and rate_text(12.345) == "12.35 it/s" and rate_text(None) == "– it/s"
+    bar = IterationProgressBar()
+    monkeypatch.setattr(type(bar).__mro__[1], "get_metrics",
+                        lambda self, trainer, module: {"v_num": 1, "iteration": 6.0, "loss": 0.25})
+    assert bar.get_metrics(None, None) == {"iteration": 6, "loss": 0.25}
+    monkeypatch.setattr(sys, "argv", ["oneforcing"])
+    monkeypatch.chdir(REPO_ROOT)
+    base = ["--config", "configs/toy/ode_init_framewise.yaml", "--trainer.logger", "false"]
+    assert isinstance(OneForcingCLI(args=base, run=False).trainer.progress_bar_callback, IterationProgressBar)
+    assert OneForcingCLI(args=[*base, "--trainer.enable_progress_bar", "false"], run=False).trainer.progress_bar_callback is None
+    named = OneForcingCLI(args=[*base, "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"], run=False)
+    assert type(named.trainer.progress_bar_callback) is TQDMProgressBar
