@@ -1,4 +1,4 @@
-"""The GPU check, in one call (issue #37): what the real path does on a CUDA device, as JSON.
+"""The GPU check, in one call: what the real path does on a CUDA device, as JSON (docs/benchmarks.md).
 
 Four sections, each timed and reported on its own (a failing section records its traceback; the exit code is 1):
 

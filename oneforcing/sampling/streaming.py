@@ -100,11 +100,12 @@ class StreamingSampler:
                 for i, sigma in enumerate(sigmas):
                     s = sigma_tensor(sigma, B, n, device)
                     v = model.forward_cached(x, s, context, cache, start)
-                    x0 = x0_from_velocity(x, v, s)  # the last step's x0 is the Euler step to σ = 0 too
-                    if i + 1 < len(sigmas) and self.solver == "euler":
+                    if i + 1 == len(sigmas):  # x0: also the Euler step to σ = 0
+                        x0 = x0_from_velocity(x, v, s)
+                    elif self.solver == "euler":
                         x = x + (sigmas[i + 1] - sigma) * v
-                    elif i + 1 < len(sigmas):
-                        x = add_noise(x0, draw_noise(generators, (n, C, H, W), device),
+                    else:
+                        x = add_noise(x0_from_velocity(x, v, s), draw_noise(generators, (n, C, H, W), device),
                                       sigma_tensor(sigmas[i + 1], B, n, device))
             model.forward_cached(x0, sigma_tensor(self.context_sigma, B, n, device), context, cache, start)
             if start >= given:
