@@ -38,6 +38,7 @@ from oneforcing.models.toy_vocabulary import DIRECTIONS  # noqa: E402
 
 
 WRAP = {"on": False}  # the torus world variant: centroids as circular means, displacements to the nearest image
+TRAIL = {"on": False}  # the trail world variant
 
 
 def torus_centroid(frame: torch.Tensor, threshold: float = 0.1) -> torch.Tensor | None:
@@ -65,7 +66,8 @@ def step(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def world_videos(count: int, num_frames: int, seed: int = 777, speed_scale: float = 1.0) -> tuple[torch.Tensor, list[str]]:
-    videos = [make_video(seed, i, num_frames=num_frames, speed_scale=speed_scale, wrap=WRAP["on"]) for i in range(count)]
+    videos = [make_video(seed, i, num_frames=num_frames, speed_scale=speed_scale, wrap=WRAP["on"],
+                         trail=TRAIL["on"]) for i in range(count)]
     pixels = torch.stack([torch.from_numpy(v.pixels).float() / 127.5 - 1 for v in videos])
     return pixels, [v.caption for v in videos]
 
@@ -150,8 +152,9 @@ def main() -> None:
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--speed-scale", type=float, default=1.0, help="the world variant the students learned")
     p.add_argument("--wrap", action="store_true", help="the torus world variant (oneforcing data toy --wrap true)")
+    p.add_argument("--trail", action="store_true", help="the trail world variant (oneforcing data toy --trail true)")
     args = p.parse_args()
-    WRAP["on"] = args.wrap
+    WRAP["on"], TRAIL["on"] = args.wrap, args.trail
     torch.set_num_threads(1)
     real, captions = world_videos(args.count, args.num_frames, speed_scale=args.speed_scale)
     rows = [("the world", motion(real, captions))]

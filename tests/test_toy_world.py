@@ -222,3 +222,37 @@ def test_world_variants_speed_scale_and_torus():
     assert crossed > 5
     with pytest.raises(ValueError, match="speed_scale"):
         make_video(0, 0, speed_scale=0)
+
+
+def test_trail_variant_draws_a_fading_copy_behind_the_object_and_nothing_ahead():
+    """With trail=True each frame shows where the object was over the last frame interval, fainter with lag, and
+    nothing where it is going: one frame tells the direction. The object itself and its track are unchanged."""
+    from oneforcing.data.toy_world import TRAIL, make_video
+
+    checked = 0
+    for index in range(60):
+        plain = make_video(0, index, num_frames=4, speed_scale=4, wrap=True)
+        trail = make_video(0, index, num_frames=4, speed_scale=4, wrap=True, trail=True)
+        obj = trail.attributes["objects"][0]
+        assert obj["trajectory"] == plain.attributes["objects"][0]["trajectory"]
+        mask = np.abs(plain.pixels.astype(float) - trail.pixels.astype(float)).sum(axis=1) > 0
+        assert mask.any()
+        if obj["shape"] == "triangle" or obj["speed"] != "quickly":
+            continue
+        d = np.array({"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[obj["direction"]])
+        centre, speed = np.array(obj["trajectory"][2]), obj["speed_px_per_frame"]
+        edge = obj["radius_px"] * (1.0 if obj["shape"] == "circle" else 0.886)  # centre to edge along the motion
+        background = np.median(plain.pixels[2].reshape(3, -1), axis=1)
+        colour = np.array(COLOURS[obj["colour"]], float) - background
+
+        def share(point: np.ndarray) -> float:  # how much of the object's colour the pixel at ``point`` holds
+            x, y = np.floor(point % 32).astype(int)
+            return float((trail.pixels[2][:, y, x] - background) @ colour / (colour @ colour))
+
+        for k, (lag, strength) in enumerate(TRAIL):  # the band only the copy at ``lag`` (and deeper ones) reach
+            band = (lag - TRAIL[0][0] / 2) if k == 0 else (lag + TRAIL[k - 1][0]) / 2
+            assert share(centre - d * (edge + band * speed)) == pytest.approx(strength, abs=0.08), (index, lag)
+        assert abs(share(centre + d * (edge + 1.5))) < 0.02, "nothing ahead of the object"
+        assert abs(share(centre - d * (edge + 1.5 * speed))) < 0.02, "nothing beyond one frame interval"
+        checked += 1
+    assert checked >= 5

@@ -43,6 +43,9 @@ def build_parser() -> ArgumentParser:
     toy.add_argument("--wrap", type=bool, default=False,
                      help="true: a world variant on a torus (objects start anywhere and wrap around the sides, so that "
                           "only the caption tells the direction)")
+    toy.add_argument("--trail", type=bool, default=False,
+                     help="true: a world variant whose objects draw a fading trail of the last frame interval, so "
+                          "that one frame shows the direction and speed of motion")
     sub.add_subcommand("toy", toy)
     from oneforcing.commands.encode import add_parsers
     from oneforcing.commands.trajectories import add_parser
@@ -54,7 +57,8 @@ def build_parser() -> ArgumentParser:
 
 def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, seed: int, num_frames: int = 12,
                       size: int = 32, samples_per_shard: int = 500, progress: bool = True, max_objects: int = 1,
-                      background: str = "flat", speed_scale: float = 1.0, wrap: bool = False) -> dict:
+                      background: str = "flat", speed_scale: float = 1.0, wrap: bool = False,
+                      trail: bool = False) -> dict:
     """Write ``out/train`` and ``out/val``; returns both indexes."""
     problems = []
     if num_videos < 1:
@@ -77,7 +81,8 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
     for split, count, split_seed in (("train", num_videos, seed), ("val", num_val_videos, seed + VAL_SEED_OFFSET)):
         if count == 0:
             continue
-        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background, speed_scale, wrap)
+        samples = iterate_toy_samples(split_seed, count, num_frames, size, max_objects, background, speed_scale, wrap,
+                                      trail)
         if progress:
             samples = track(samples, total=count, description=f"toy {split}")
         meta = dict(world="toy", seed=split_seed, num_frames=num_frames, size=size, max_objects=max_objects,
@@ -86,6 +91,8 @@ def write_toy_dataset(out: str | Path, num_videos: int, num_val_videos: int, see
             meta["speed_scale"] = speed_scale
         if wrap:
             meta["wrap"] = True
+        if trail:
+            meta["trail"] = True
         result[split] = write_shards(samples, Path(out) / split, samples_per_shard, meta=meta)
     return result
 
@@ -105,6 +112,6 @@ def data_command(argv: list[str]) -> None:
         start = time.perf_counter()
         indexes = write_toy_dataset(c.out, c.num_videos, c.num_val_videos, c.seed, c.num_frames, c.size,
                                     c.samples_per_shard, max_objects=c.max_objects, background=c.background,
-                                    speed_scale=c.speed_scale, wrap=c.wrap)
+                                    speed_scale=c.speed_scale, wrap=c.wrap, trail=c.trail)
         counts = ", ".join(f"{k}: {v['total']} videos in {len(v['shards'])} shards" for k, v in indexes.items())
         Console().print(f"[green]Wrote {counts} to {c.out} in {time.perf_counter() - start:.1f} s")

@@ -101,11 +101,12 @@ def read_index(split_dir: str | Path) -> dict:
 
 
 def iterate_toy_samples(seed: int, num_videos: int, num_frames: int, size: int, max_objects: int = 1,
-                        background: str = "flat", speed_scale: float = 1.0, wrap: bool = False) -> Iterator[dict]:
+                        background: str = "flat", speed_scale: float = 1.0, wrap: bool = False,
+                        trail: bool = False) -> Iterator[dict]:
     """Member dicts of the toy world's videos 0..num_videos-1 (deterministic in seed)."""
     from oneforcing.data.toy_world import make_video
 
     for i in range(num_videos):
         video = make_video(seed, i, num_frames=num_frames, size=size, max_objects=max_objects, background=background,
-                           speed_scale=speed_scale, wrap=wrap)
+                           speed_scale=speed_scale, wrap=wrap, trail=trail)
         yield encode_sample(f"{i:08d}", {"pixels": torch.from_numpy(video.pixels)}, video.caption, video.attributes)

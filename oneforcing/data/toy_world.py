@@ -27,6 +27,8 @@ _SUPERSAMPLE = 4  # anti-aliasing: edges are clean, so blur is measurable agains
 # of the same caption (a bounce sends the object back), so left/right and up/down were nearly the same
 # video distribution and a teacher learned the axis but not the sign; with the trailing third, 5 %.
 START_SPAN = 1.0 / 3.0
+# The trail world variant: (lag in frame intervals, opacity) of each fading copy behind an object.
+TRAIL: tuple[tuple[float, float], ...] = ((1 / 3, 0.5), (2 / 3, 0.3), (1.0, 0.15))
 Background = Literal["flat", "textured"]
 BACKGROUNDS: tuple[str, ...] = ("flat", "textured")
 
@@ -98,13 +100,16 @@ def _start(u: float, velocity: float, lo: float, hi: float) -> float:
 
 
 def make_video(seed: int, index: int, num_frames: int = 12, size: int = 32, max_objects: int = 1,
-               background: Background = "flat", speed_scale: float = 1.0, wrap: bool = False) -> ToyVideo:
+               background: Background = "flat", speed_scale: float = 1.0, wrap: bool = False,
+               trail: bool = False) -> ToyVideo:
     """Render video ``index`` of the world with ``seed``; deterministic in (seed, index).
 
     ``max_objects=2`` gives the earlier world's 40 % of two-object videos; ``background="textured"`` its
     textured backgrounds; ``speed_scale`` multiplies the named speeds (a world variant: at 4 the slow objects move
     one 4-pixel token per frame); ``wrap`` makes the frame a torus (a world variant: objects start anywhere and
-    leave one side to come back on the other, so that no position tells the direction, only the caption does).
+    leave one side to come back on the other, so that no position tells the direction, only the caption does);
+    ``trail`` draws each object with a fading trail of where it was over the last frame interval (a world variant:
+    one frame shows the direction and speed of motion, as motion blur does in real footage).
     """
     if max_objects not in (1, 2):
         raise ValueError(f"max_objects={max_objects}: the toy world has one or two objects.")
@@ -120,7 +125,7 @@ def make_video(seed: int, index: int, num_frames: int = 12, size: int = 32, max_
         direction, speed_name = str(rng.choice(list(DIRECTIONS))), str(rng.choice(list(SPEEDS)))
         named.append(dict(shape=shape, colour=str(colour_names[k]), size=size_name, direction=direction,
                           speed=speed_name))
-    return _render(rng, frame, named, num_frames, size, seed, index, speed_scale, wrap)
+    return _render(rng, frame, named, num_frames, size, seed, index, speed_scale, wrap, trail)
 
 
 CAPTION_WORDS = ("size", "colour", "shape", "direction", "speed")
@@ -144,27 +149,30 @@ def parse_caption(caption: str) -> list[dict[str, str]]:
 
 
 def make_video_of(caption: str, seed: int, index: int, num_frames: int = 12, size: int = 32,
-                  background: Background = "flat", speed_scale: float = 1.0, wrap: bool = False) -> ToyVideo:
+                  background: Background = "flat", speed_scale: float = 1.0, wrap: bool = False,
+                  trail: bool = False) -> ToyVideo:
     """A video of ``caption``: its named attributes fixed, the rest (start, exact size and speed, background)
     drawn as the world draws them; deterministic in (caption, seed, index). Builds banks of a caption's videos."""
     named = parse_caption(caption)
     key = [ord(c) for c in caption]
     rng = np.random.default_rng([seed, index, *key])
     frame = _background(rng, size, background)
-    return _render(rng, frame, named, num_frames, size, seed, index, speed_scale, wrap)
+    return _render(rng, frame, named, num_frames, size, seed, index, speed_scale, wrap, trail)
 
 
 def _wrapped_coverage(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
     """Coverage of a shape on a torus of side ``size``: its copies one period away cover what crosses a side."""
     total = np.zeros((size, size), np.float32)
-    for ox in (-size, 0, size):
-        for oy in (-size, 0, size):
+    reach = 1.2 * r  # the widest shape (the triangle) spans 1.15 r from its centre
+    near = [[o for o in (-size, 0, size) if -reach <= c + o <= size + reach] for c in (cx, cy)]  # copies in view
+    for ox in near[0]:
+        for oy in near[1]:
             total += _shape_coverage(shape, cx + ox, cy + oy, r, size)
     return np.clip(total, 0.0, 1.0)
 
 
 def _render(rng: np.random.Generator, frame: np.ndarray, named: list[dict[str, str]], num_frames: int, size: int,
-            seed: int, index: int, speed_scale: float = 1.0, wrap: bool = False) -> ToyVideo:
+            seed: int, index: int, speed_scale: float = 1.0, wrap: bool = False, trail: bool = False) -> ToyVideo:
     """Draw each named object's free variables from ``rng`` and render the frames over ``frame``."""
     scale = size / 32.0
     frames = np.repeat(frame[None], num_frames, axis=0)  # (F, H, W, 3)
@@ -182,15 +190,23 @@ def _render(rng: np.random.Generator, frame: np.ndarray, named: list[dict[str, s
         else:
             x0, y0 = (_start(u, d, lo, hi) for u, d in zip(starts, (dx, dy)))
         trajectory = []
-        for f in range(num_frames):
+
+        def at(t: float) -> tuple[float, float]:
             if wrap:
-                x, y = (x0 + dx * speed * f) % size, (y0 + dy * speed * f) % size
-                alpha = _wrapped_coverage(shape, x, y, radius, size)[..., None]
-            else:
-                x, _ = _bounce(x0 + dx * speed * f, lo, hi)
-                y, _ = _bounce(y0 + dy * speed * f, lo, hi)
-                alpha = _shape_coverage(shape, x, y, radius, size)[..., None]
+                return (x0 + dx * speed * t) % size, (y0 + dy * speed * t) % size
+            return _bounce(x0 + dx * speed * t, lo, hi)[0], _bounce(y0 + dy * speed * t, lo, hi)[0]
+
+        def coverage(t: float) -> np.ndarray:
+            return (_wrapped_coverage if wrap else _shape_coverage)(shape, *at(t), radius, size)
+
+        for f in range(num_frames):
+            alpha = coverage(f)
+            if trail:  # the fading copies of the last frame interval, under the object
+                for lag, strength in TRAIL:
+                    alpha = np.maximum(alpha, strength * coverage(f - lag))
+            x, y = at(f)
             trajectory.append([round(float(x), 3), round(float(y), 3)])
+            alpha = alpha[..., None]
             frames[f] = frames[f] * (1 - alpha) + np.asarray(COLOURS[colour], np.float32) * alpha
         objects.append(
             dict(shape=shape, colour=colour, size=size_name, direction=direction, speed=speed_name,
