@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test test-engines
+.PHONY: demo test test-engines test-browser
 
 # The CPU torch goes in first (it is on local disk here): installing lightning into an environment
 # without torch would pull a multi-GB CUDA build (design §11).
@@ -20,7 +20,11 @@ demo: $(VENV)/installed
 
 # The default suite (about 5 min on 2 cores); the 2-process engine tests (about 20 min) are `make test-engines`.
 test: $(VENV)/installed
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not engines"
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not engines and not browser"
 
 test-engines: $(VENV)/installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m engines
+
+# The live page in headless Chromium (Debian's package `chromium`; .ci/run installs it).
+test-browser: $(VENV)/installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m browser

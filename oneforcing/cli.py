@@ -24,12 +24,13 @@ def _extra_commands() -> dict[str, Callable[[list[str]], None]]:
     from oneforcing.commands.export import export_command
     from oneforcing.commands.plan import plan_command
     from oneforcing.commands.sample import sample_command
+    from oneforcing.commands.serve import serve_command
     from oneforcing.commands.tiny_wan import tiny_wan_command
     from oneforcing.commands.vbench import vbench_command
 
     return {"data": data_command, "sample": sample_command, "evaluate": evaluate_command, "compare": compare_command,
             "vbench": vbench_command, "tiny-wan": tiny_wan_command, "export": export_command,
-            "plan": plan_command}
+            "plan": plan_command, "serve": serve_command}
 
 
 OVERVIEW = """oneforcing — One-Forcing and its baselines on one Lightning harness.
@@ -40,6 +41,7 @@ commands:
   data encode | prompts             your videos + captions / prompts -> Wan VAE latents, umT5 embeddings in shards
   data trajectories                 a teacher's ODE trajectories as shards (trajectory distillation)
   sample                            videos (GIF/MP4) from a trained checkpoint and prompts
+  serve                             a local web page streaming a causal student live, prompts switchable mid-stream
   evaluate                          toy-world metrics of one checkpoint or run (JSON + markdown)
   compare                           evaluations of several methods/seeds -> table, plots, GIF grid
   vbench                            a prompt file -> {prompt}-{index}.mp4 videos for VBench

@@ -89,6 +89,8 @@ echo "  consistency): $DEMO_DIR/side_by_side.gif"
 echo "  each run's evaluation (metrics.md, samples.gif) in $DEMO_DIR/results/<run>/, the report (table, learning"
 echo "  curves, claims) in $DEMO_DIR/results/report/; One-Forcing's GIFs/MP4: $DEMO_DIR/samples/"
 echo "  TensorBoard logs: $DEMO_DIR/work/runs/<run>/version_0   (view with: tensorboard --logdir $DEMO_DIR/work/runs)"
+echo "  watch a student live in the browser (prompts switchable mid-stream; Ctrl+C stops):"
+echo "    oneforcing serve --checkpoint $OF    then open http://127.0.0.1:8000/"
 if (( ${#study_rows[@]} )); then
   echo "  the study's students (each reproduced by the command in $STUDY/<run>/command.txt):"
   echo "    $DEMO_DIR/study_side_by_side.gif, table $DEMO_DIR/study_report/report.md, curves $STUDY/report/curves.png"

@@ -14,9 +14,10 @@ from oneforcing.cli import OneForcingCLI
 from oneforcing.commands import compare, evaluate, export, plan, tiny_wan, vbench
 from oneforcing.commands import data as data_command
 from oneforcing.commands import sample as sample_command
+from oneforcing.commands import serve as serve_command
 
 PARSERS = {"data": data_command, "sample": sample_command, "evaluate": evaluate, "compare": compare, "vbench": vbench,
-           "tiny-wan": tiny_wan, "export": export, "plan": plan}
+           "tiny-wan": tiny_wan, "export": export, "plan": plan, "serve": serve_command}
 
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
@@ -38,7 +39,7 @@ def test_readme_has_commands_for_each_entry_point():
     quick_start = {shlex.split(line.strip())[1] for block in BLOCKS for line in block.splitlines()
                    if line.strip().startswith("oneforcing ")}
     assert {"data", "fit", "sample", "evaluate", "compare"} <= quick_start, "the README's quick start"
-    assert {"data", "fit", "sample", "evaluate", "compare", "vbench"} <= kinds, COMMANDS
+    assert {"data", "fit", "sample", "evaluate", "compare", "vbench", "serve"} <= kinds, COMMANDS
 
 
 @pytest.mark.parametrize("command", COMMANDS)

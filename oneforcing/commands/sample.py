@@ -17,9 +17,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from oneforcing.lightning_modules.distillation import DistillationModule
-from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_for_sampling, weights_choice
-from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
+from oneforcing.lightning_modules.checkpoints import load_for_sampling, streaming_sampler_from
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 from oneforcing.video_io import write_video
 
@@ -116,17 +114,8 @@ def sample_command(argv: list[str]) -> None:
                          "use --sampler streaming (or auto).")
     use_streaming = cfg.sampler == "streaming" or (cfg.sampler == "auto" and is_student)
     if use_streaming:
-        trained = dict(module.hparams)  # a distilled student's own layout and schedule are the defaults
-        block_size = cfg.block_size or trained.get("block_size", 1)
-        first_block_size = cfg.first_block_size or trained.get("first_block_size")
-        weights = weights_choice(module, cfg.ema)
-        generator = causal_generator_from(module, block_size, first_block_size, cfg.window, cfg.sink, weights == "ema")
-        shift = STUDENT_SHIFT if cfg.shift is None else cfg.shift
-        steps = student_sigmas(cfg.steps, shift) if cfg.steps else getattr(module, "step_sigmas", [1.0])
-        first = (student_sigmas(cfg.first_block_steps, shift) if cfg.first_block_steps
-                 else getattr(module, "first_block_sigmas", None))
-        solver = module.solver if isinstance(module, DistillationModule) else "renoise"  # released: few-step students
-        sampler = StreamingSampler(generator, steps, first_block_sigmas=first, solver=solver)
+        sampler, weights = streaming_sampler_from(module, cfg.block_size, cfg.first_block_size, cfg.steps,
+                                                  cfg.first_block_steps, cfg.shift, cfg.window, cfg.sink, cfg.ema)
         num_frames = cfg.num_frames or module.hparams.num_frames
     out = Path(cfg.out)
     written = []

@@ -26,6 +26,8 @@ from oneforcing.models.released_checkpoints import is_released_checkpoint, load_
 from oneforcing.models.wan import safetensors_metadata
 from oneforcing.models.wan_components import wan_components
 from oneforcing.models.wan_folder import WanModelFolder
+from oneforcing.sampling.schedules import STUDENT_SHIFT, student_sigmas
+from oneforcing.sampling.streaming import StreamingSampler
 
 MODULE_CLASSES: dict[str, type[L.LightningModule]] = {"TeacherModule": TeacherModule,
                                                       "DistillationModule": DistillationModule}
@@ -233,3 +235,26 @@ def causal_generator_from(module: L.LightningModule, block_size: int = 1, first_
                                   window_frames=window_frames, sink_frames=sink_frames)
     generator.load_state_dict(state, strict=True)
     return generator.eval()
+
+
+def streaming_sampler_from(module: L.LightningModule, block_size: int | None = None,
+                           first_block_size: int | None = None, steps: int | None = None,
+                           first_block_steps: int | None = None, shift: float | None = None,
+                           window_frames: int | None = None, sink_frames: int = 0,
+                           ema: bool | None = None) -> tuple[StreamingSampler, str]:
+    """The streaming sampler of ``module``'s causal student and which weights it uses ('ema', 'raw', 'teacher').
+
+    Every argument left None is the student's own (its block layout, step schedule, first-block schedule);
+    ``steps`` picks a warped schedule of that many steps at ``shift`` (default ``STUDENT_SHIFT``).
+    """
+    trained = dict(module.hparams)
+    weights = weights_choice(module, ema)
+    generator = causal_generator_from(module, block_size or trained.get("block_size", 1),
+                                      first_block_size or trained.get("first_block_size"), window_frames,
+                                      sink_frames, weights == "ema")
+    shift = STUDENT_SHIFT if shift is None else shift
+    sigmas = student_sigmas(steps, shift) if steps else getattr(module, "step_sigmas", [1.0])
+    first = (student_sigmas(first_block_steps, shift) if first_block_steps
+             else getattr(module, "first_block_sigmas", None))
+    solver = module.solver if isinstance(module, DistillationModule) else "renoise"  # released: few-step students
+    return StreamingSampler(generator, sigmas, first_block_sigmas=first, solver=solver), weights

@@ -119,6 +119,20 @@ class KVCache:
             )
         self.current = (lo * T, len(self.frames) * T)
 
+    def forget_prompt(self) -> None:
+        """Drop the prompt and its cross-attention K/V, keeping the frames' self-attention K/V: the next call may
+        bring another prompt (a prompt switch without re-encoding the frames)."""
+        self.context = None
+        self.cross = [None] * len(self.cross)
+
+    def skip_to(self, frame: int) -> None:
+        """Append the next block at absolute frame ``frame`` instead of ``next_frame``: re-encoding held frames
+        whose positions have a gap (the sink frames, then the window's recent frames)."""
+        if frame < self.next_frame:
+            raise ValueError(f"Cannot skip back to frame {frame}: the cache already holds frames up to "
+                             f"{self.next_frame - 1}; reset() to re-encode from the start.")
+        self.next_frame, self.last_block = frame, None
+
     @property
     def num_cached_frames(self) -> int:
         return len(self.frames)

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 
+from oneforcing.models.causal_attention import KVCache
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import add_noise, x0_from_velocity
 from oneforcing.sampling.schedules import check_sigmas, sigma_tensor
@@ -90,26 +91,46 @@ class StreamingSampler:
                              f"blocks of this layout (block starts {[start for start, _ in blocks]}).")
         cache = model.new_cache(B, H, W, num_frames, device=device)
         for index, (start, n) in enumerate(blocks):
-            sigmas = self.first_block_sigmas if index == 0 and self.first_block_sigmas else self.step_sigmas
-            x = draw_noise(generators, (n, C, H, W), device)
+            sigmas = self.block_sigmas(index)
             if start < given:  # a given block: its noise draws are consumed, its frames go to the cache as they are
-                for _ in range(len(sigmas) - 1 if self.solver == "renoise" else 0):
+                for _ in range(self.draws_per_block(sigmas)):
                     draw_noise(generators, (n, C, H, W), device)
-                x0 = prefix[:, start:start + n].to(device)
+                self.remember(prefix[:, start:start + n].to(device), context, cache, start)
             else:
-                for i, sigma in enumerate(sigmas):
-                    s = sigma_tensor(sigma, B, n, device)
-                    v = model.forward_cached(x, s, context, cache, start)
-                    if i + 1 == len(sigmas):  # x0: also the Euler step to σ = 0
-                        x0 = x0_from_velocity(x, v, s)
-                    elif self.solver == "euler":
-                        x = x + (sigmas[i + 1] - sigma) * v
-                    else:
-                        x = add_noise(x0_from_velocity(x, v, s), draw_noise(generators, (n, C, H, W), device),
-                                      sigma_tensor(sigmas[i + 1], B, n, device))
-            model.forward_cached(x0, sigma_tensor(self.context_sigma, B, n, device), context, cache, start)
-            if start >= given:
-                yield GeneratedBlock(start, x0)
+                yield GeneratedBlock(start, self.generate_block(context, cache, start, (n, C, H, W), generators, sigmas))
+
+    def block_sigmas(self, index: int) -> list[float]:
+        """The σ list of block ``index`` (the first block's own under first-frame enhancement)."""
+        return self.first_block_sigmas if index == 0 and self.first_block_sigmas else self.step_sigmas
+
+    def draws_per_block(self, sigmas: Sequence[float]) -> int:
+        """Noise tensors one block draws: its starting noise, and one per re-noising step."""
+        return 1 + (len(sigmas) - 1 if self.solver == "renoise" else 0)
+
+    def generate_block(self, context: torch.Tensor, cache: KVCache, start: int, shape: tuple[int, int, int, int],
+                       generators: list[torch.Generator], sigmas: Sequence[float]) -> torch.Tensor:
+        """One block at frames [start, start + n) from fresh noise to clean latents (B, n, C, H, W), over the
+        cache of the frames before it; its context pass then writes the clean block into the cache.
+        shape: (n, C, H, W)."""
+        B, n, device = context.shape[0], shape[0], context.device
+        x = draw_noise(generators, shape, device)
+        for i, sigma in enumerate(sigmas):
+            s = sigma_tensor(sigma, B, n, device)
+            v = self.model.forward_cached(x, s, context, cache, start)
+            if i + 1 == len(sigmas):  # x0: also the Euler step to σ = 0
+                x0 = x0_from_velocity(x, v, s)
+            elif self.solver == "euler":
+                x = x + (sigmas[i + 1] - sigma) * v
+            else:
+                x = add_noise(x0_from_velocity(x, v, s), draw_noise(generators, shape, device),
+                              sigma_tensor(sigmas[i + 1], B, n, device))
+        self.remember(x0, context, cache, start)
+        return x0
+
+    def remember(self, x0: torch.Tensor, context: torch.Tensor, cache: KVCache, start: int) -> None:
+        """The context pass: the clean block x0 (B, n, C, H, W) at σ_ctx writes its K/V into the cache."""
+        B, n = x0.shape[:2]
+        self.model.forward_cached(x0, sigma_tensor(self.context_sigma, B, n, x0.device), context, cache, start)
 
     def sample(self, context: torch.Tensor, num_frames: int, latent_shape: tuple[int, int, int],
                generators: list[torch.Generator],

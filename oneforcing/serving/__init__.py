@@ -1,0 +1,1 @@
+"""The live page (``oneforcing serve``): a causal student streamed to the browser."""
