@@ -6,7 +6,7 @@ VENV := .venv
 .PHONY: demo test test-engines test-browser
 
 # The CPU torch goes in first (it is on local disk here): installing lightning into an environment
-# without torch would pull a multi-GB CUDA build (design §11).
+# without torch would pull a multi-GB CUDA build.
 $(VENV)/installed: setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install torch==2.13.0

@@ -1,4 +1,4 @@
-"""Cost of one call of the exact teacher beside the neural toy teacher (issue: a toy world whose score is known).
+"""Cost of one call of the exact teacher beside the neural toy teacher.
 
 One call = one CFG forward at batch 4: 8 rows (4 captioned contexts, 4 unconditional ones), 12 frames of
 12×16×16 latents, as DMD's real score and the consistency teacher make it. The exact teacher holds all 384

@@ -1,4 +1,4 @@
-"""Streaming-sampler benchmark of the toy causal student (issue: causal student).
+"""Streaming-sampler benchmark of the toy causal student.
 
 Measured side by side in one run (ratios are what count; the machine is shared):
   1. per-frame latency and frames/s at 1 step vs 4 steps per block (framewise), and the share of time

@@ -1,4 +1,4 @@
-"""The toy study (issue #22): every method from one ODE init, the exact teacher as the real score, over seeds.
+"""The toy study: every method from one ODE init, the exact teacher as the real score, over seeds.
 
 From a toy data root and the neural teacher (the critic's starting point), in ``--out`` (working files: shards,
 checkpoints) and ``--results`` (what is kept and committed: a few MB per run):

@@ -1,4 +1,4 @@
-"""`oneforcing data trajectories` with a causal teacher (Causal Forcing's causal ODE, algorithm-notes §6.3).
+"""`oneforcing data trajectories` with a causal teacher (Causal Forcing's causal ODE, docs/algorithms.md §8).
 
 A DistillationModule checkpoint is sampled in teacher-forcing mode on the ground-truth clean context; a
 TeacherModule checkpoint keeps the bidirectional export. The references here are brute-force Euler loops

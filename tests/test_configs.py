@@ -74,7 +74,7 @@ class RankDump(L.Callback):
 
 @pytest.mark.engines
 def test_self_forcing_dmd_runs_on_two_ddp_processes(recipe_inputs, tmp_path):
-    """Two trainable roles, two backward passes per iteration, gloo: the engine of design §9 on CPU.
+    """Two trainable roles, two backward passes per iteration, gloo: the DDP engine on CPU.
 
     Ranks see different data and noise, so equal final weights on both ranks show that both roles'
     gradients are all-reduced."""

@@ -1,4 +1,4 @@
-"""Two-process DDP on CPU (gloo) through the real CLI (design §9: CPU tests use 2 processes on gloo)."""
+"""Two-process DDP on CPU (gloo) through the real CLI (CPU tests use 2 processes on gloo)."""
 
 from __future__ import annotations
 

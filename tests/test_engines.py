@@ -1,5 +1,5 @@
 """The FSDP2 engine on 2 CPU processes (gloo) through the real CLI: the same losses as DDP, whole exports, every
-toy recipe, exact resume, and the faults of design §10 injected (kill -9 between checkpoints and during a
+toy recipe, exact resume, and injected faults (kill -9 between checkpoints and during a
 checkpoint write, a full disk during a write).
 
 Recipes are shrunk as in test_configs (tiny backbone, 6 frames of 16×16), the in-training evaluation to 4 videos;

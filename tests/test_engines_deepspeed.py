@@ -1,6 +1,6 @@
 """The DeepSpeed engine (one ZeRO engine per trainable role) on 2 CPU processes (gloo) through the real CLI: the
-same losses as DDP under ZeRO-2 and ZeRO-3, whole exports, every toy recipe, exact resume, and the faults of design
-§10 injected (kill -9 between checkpoints and during a checkpoint write, a full disk during a write).
+same losses as DDP under ZeRO-2 and ZeRO-3, whole exports, every toy recipe, exact resume, and injected
+faults (kill -9 between checkpoints and during a checkpoint write, a full disk during a write).
 
 Recipes are shrunk as in test_engines (tiny backbone, 6 frames of 16×16); faults come from a callback module put on
 the subprocess's PYTHONPATH.

@@ -1,4 +1,5 @@
-"""The flow-matching schedule (design §6): shift, noising, velocity, step grids, CFG, the Euler sampler."""
+"""The flow-matching schedule (docs/algorithms.md §1, §2): shift, noising, velocity, step grids, CFG, the
+Euler sampler."""
 
 from __future__ import annotations
 

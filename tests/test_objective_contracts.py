@@ -18,7 +18,7 @@ from oneforcing.objectives.trajectory import TrajectoryDistillation
 from tests.stubs import StubFullSequence, StubScore
 from tests.test_wiring import B, NF, C, H, W, context_for, latents
 
-# algorithm-notes §4, §5, §6, §8 (w = 1 + g for the DMD-form guidance of the papers)
+# docs/algorithms.md §10-§13, §16 (w = 1 + g for the DMD-form guidance of the papers)
 REFERENCE_DEFAULTS = {
     DMD: dict(weight=1.0, guidance_scale=4.0, timestep_shift=5.0, critic_timestep_shift=5.0, min_timestep=20.0,
               max_timestep=980.0, train_critic=True),

@@ -1,4 +1,4 @@
-"""The built-in toy world (design §4): deterministic, captioned in its vocabulary, physically consistent."""
+"""The built-in toy world: deterministic, captioned in its vocabulary, physically consistent."""
 
 from __future__ import annotations
 

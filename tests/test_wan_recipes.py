@@ -28,6 +28,6 @@ def test_wan_recipe_instantiates_on_the_meta_device(config, monkeypatch):
     gan = [o for o in module.objectives if type(o).__name__ == "GAN"]
     if gan:
         head = count_parameters(gan[0].head)
-        expected = {2: 36.2e6, 1: 13.4e6}[gan[0].num_registers]  # algorithm-notes §5.1, counted from shapes
+        expected = {2: 36.2e6, 1: 13.4e6}[gan[0].num_registers]  # docs/algorithms.md §11, counted from shapes
         assert abs(head - expected) / expected < 0.02, head
     assert all(p.is_meta for p in module.generator.parameters())

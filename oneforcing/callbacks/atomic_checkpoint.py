@@ -1,7 +1,7 @@
 """Checkpoints written atomically: to a temporary file in the same directory, then renamed over the target.
 
-A crash or a full disk while saving leaves the previous checkpoint intact and no half-written file
-(design §10). Use it as a Trainer plugin: ``trainer.plugins: [oneforcing.callbacks.atomic_checkpoint.AtomicCheckpointIO]``.
+A crash or a full disk while saving leaves the previous checkpoint intact and no half-written file.
+Use it as a Trainer plugin: ``trainer.plugins: [oneforcing.callbacks.atomic_checkpoint.AtomicCheckpointIO]``.
 """
 
 from __future__ import annotations

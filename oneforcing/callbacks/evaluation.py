@@ -1,4 +1,4 @@
-"""Toy-world metrics logged to TensorBoard during training (design §8).
+"""Toy-world metrics logged to TensorBoard during training (docs/evaluation.md).
 
 Every ``every_n_steps`` optimizer steps (and at the end of training), global rank 0 generates one video per
 caption of a fixed held-out set of real toy videos with the module's own sampler (``generate``: the

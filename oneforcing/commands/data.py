@@ -24,7 +24,7 @@ VAL_SEED_OFFSET = 1_000_003  # the val split is a disjoint stream of the same wo
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="oneforcing data", description="Write data sets as webdataset shards.")
     sub = parser.add_subcommands(dest="kind")
-    toy = ArgumentParser(description="The built-in procedural text-to-video world (design §4).")
+    toy = ArgumentParser(description="The built-in procedural text-to-video world.")
     toy.add_argument("--config", action=ActionConfigFile)
     toy.add_argument("--out", "--out_dir", dest="out", type=str, required=True, help="directory for train/ and val/")
     toy.add_argument("--num-videos", "--num_videos", dest="num_videos", type=int, default=2000, help="train videos")

@@ -1,4 +1,4 @@
-"""``oneforcing evaluate``: the toy-world metrics of one trained model (design §8), as JSON and markdown.
+"""``oneforcing evaluate``: one trained model's toy-world metrics (docs/evaluation.md), as JSON and markdown.
 
 A checkpoint (``.ckpt`` or an exported ``.safetensors``) or a run directory goes in. The model generates one
 video per caption of a held-out set of real toy videos (``--real-seed``, disjoint from the training streams),

@@ -3,7 +3,7 @@
 For every caption/video of a source split: Euler-integrate the teacher's probability-flow ODE with CFG
 (uncond + w·(cond − uncond); 48 steps, shift 5 by default) from seeded noise, keep the states at the
 snapshot σ's (by default the warped 4-step list [1000, 750, 500, 250] at shift 5 = grid indices 0/12/24/36,
-algorithm-notes §2.4), the ODE output, and the ground truth beside them. Snapshots must lie on the Euler
+docs/algorithms.md §2), the ODE output, and the ground truth beside them. Snapshots must lie on the Euler
 grid; otherwise the command fails before sampling, naming the grid values that would fit.
 
 The teacher kind follows from the checkpoint's module class:
@@ -11,8 +11,8 @@ The teacher kind follows from the checkpoint's module class:
   * ``DistillationModule`` → ``causal_teacher_forcing``: its causal generator (Causal Forcing stage 1, trained
     with ``CausalDiffusion(teacher_forcing: true)``) in teacher-forcing mode: every velocity call is
     ``forward_teacher_forcing(x, σ per frame, context, clean=ground truth)``, all frames at the same σ, so
-    each block continues the ground-truth clean context the causal-ODE student sees (algorithm-notes §6.3,
-    "Causal Forcing flavour"; the reference uses w = 6).
+    each block continues the ground-truth clean context the causal-ODE student sees (docs/algorithms.md §8;
+    the reference uses w = 6).
   * a Wan2.1 diffusers folder (``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) → ``bidirectional``: its
     transformer is the teacher, its VAE and umT5 the codec and text encoder.
 Both write the same members and index fields; the index adds ``teacher_kind``, the block layout, the

@@ -1,6 +1,6 @@
 """Streams (caption, video) batches from webdataset shards for every training stage.
 
-Train: ``ResampledShards(deterministic=True)`` per rank and worker (reproducible, design §11), a
+Train: ``ResampledShards(deterministic=True)`` per rank and worker (reproducible), a
 deterministic shuffle buffer, and a fixed number of batches per rank per epoch, so every rank takes the
 same number of steps under DDP/FSDP. Val: every rank reads the whole (small) val split and keeps its
 rank's slice, truncated to the same length on all ranks.

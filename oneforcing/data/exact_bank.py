@@ -1,4 +1,4 @@
-"""The toy world's exact teacher: a bank of the world's one-object videos per caption (design §4).
+"""The toy world's exact teacher: a bank of the world's one-object videos per caption (docs/toy_world.md).
 
 ``ExactToyTeacher`` renders ``bank_size_per_caption`` videos of each caption with ``make_video_of`` (the
 caption's attributes fixed, its free variables drawn), encodes them with the toy codec and the captions with

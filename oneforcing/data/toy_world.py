@@ -1,4 +1,4 @@
-"""The built-in procedural text-to-video world (design §4).
+"""The built-in procedural text-to-video world (docs/toy_world.md).
 
 Each video shows a shape of named colour and size moving in a named direction at a named speed,
 bouncing off the borders, over a flat background of a random muted colour (the default world: one object,

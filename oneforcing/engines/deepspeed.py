@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO with one engine per trainable role (design §9).
+"""DeepSpeed ZeRO with one engine per trainable role (docs/engines.md).
 
 Lightning's own ``DeepSpeedStrategy`` holds one engine and one optimizer and refuses the CPU, so it cannot train a
 generator and a critic. This strategy builds one ``deepspeed.initialize`` engine per optimizer the module

@@ -1,6 +1,6 @@
 """FSDP2 for every role: Lightning's ``ModelParallelStrategy`` with one data-parallel mesh dimension, and
 ``fully_shard`` applied per unit the module lists (each Wan block, each role's transformer, the discriminator
-head), the frozen teacher and the generator's EMA included (design §9).
+head), the frozen teacher and the generator's EMA included (docs/engines.md).
 
 Mixed precision is FSDP2's: parameters are all-gathered in ``param_dtype`` for compute, gradients reduced in
 ``reduce_dtype``, the sharded master weights and the optimizer state stay fp32, and unit outputs are cast back

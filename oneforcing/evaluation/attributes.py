@@ -1,4 +1,4 @@
-"""Prompt-attribute accuracy on the toy world (design §8): what does a one-object video show?
+"""Prompt-attribute accuracy on the toy world (docs/evaluation.md): what does a one-object video show?
 
 An automatic, model-free reading of pixel videos, compared with the attributes their captions name.
 For each video (F, 3, H, W) in [-1, 1] (distances are Euclidean in RGB, [-1, 1] units):

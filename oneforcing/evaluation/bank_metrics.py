@@ -1,4 +1,4 @@
-"""Exact mode metrics against a bank of clean videos per caption (design §4): precision and coverage.
+"""Exact mode metrics against a bank of clean videos per caption (docs/evaluation.md): precision and coverage.
 
 Videos are float tensors (…, F, 3, H, W) in [-1, 1]. The **distance** between two videos is the RMS pixel
 difference, sqrt(mean over F·3·H·W of (a − b)²), in [-1, 1] units (0: identical; two toy videos of one

@@ -1,4 +1,4 @@
-"""A small 3D-conv video network for Fréchet / kernel distances on the toy world (design §8).
+"""A small 3D-conv video network for Fréchet / kernel distances on the toy world (docs/evaluation.md).
 
 Inception features know nothing about 32×32, 12-frame toy videos, so the project trains its own feature
 network: four strided 3D convolutions give a ``num_features``-dim vector per video, the log spread of the

@@ -1,10 +1,10 @@
-"""Toy-world video metrics (design §8): distribution distances, sharpness, motion, flicker, drift, attributes.
+"""Toy-world video metrics: distribution distances, sharpness, motion, flicker, drift, attributes.
 
 Videos are float tensors (B, F, 3, H, W) in [-1, 1]. "fake" are generated, "real" are reference videos of
 the same length and size (e.g. ``make_video``), ideally as many as the fake ones and never the same
 videos that trained the generator. Each metric's docstring gives its definition, its ideal value and which
 way is worse. Values are comparable between runs only at equal video counts (FD and KID are biased at
-small N) and carry meaning only as mean ± std over several seeds (design §8).
+small N) and carry meaning only as mean ± std over several seeds (docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The held-out toy sets and their scoring, shared by ``oneforcing evaluate`` and the ``ToyEvaluation`` callback.
 
-Two sets (design §8):
+Two sets (docs/evaluation.md):
 - the **real set**: ``num_videos`` held-out videos of the default world (``REAL_SEED``, disjoint from the
   training streams) with their captions; the model makes one video per caption and every metric of
   ``oneforcing.evaluation.metrics`` compares them;

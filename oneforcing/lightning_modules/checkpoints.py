@@ -220,8 +220,8 @@ def causal_generator_from(module: L.LightningModule, block_size: int = 1, first_
                           window_frames: int | None = None, sink_frames: int = 0, use_ema: bool = True):
     """The causal generator held by ``module`` with the requested block layout.
 
-    A bidirectional teacher initialises a causal student of the same shapes (design §5, stage 3 starts here);
-    a distilled module gives its generator (EMA weights when ``use_ema`` and available).
+    A bidirectional teacher initialises a causal student of the same shapes (stage 3 of docs/algorithms.md §16
+    starts here); a distilled module gives its generator (EMA weights when ``use_ema`` and available).
     """
     from oneforcing.models.causal_wan import CausalWanBackbone
 

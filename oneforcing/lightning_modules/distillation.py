@@ -2,14 +2,14 @@
 
 Roles: ``generator`` (the causal student, trainable), ``teacher`` (frozen bidirectional real score),
 ``critic`` (trainable bidirectional fake score). The module builds the roles its objectives need in
-``configure_model``, one AdamW per trainable role, and runs manual optimisation (algorithm-notes §4.3):
+``configure_model``, one AdamW per trainable role, and runs manual optimisation (docs/algorithms.md §14):
 
     every iteration i:
         if i % generator_update_every == 0 and i >= critic_warmup:
             generator step on Σ w·L_G (critic frozen), clip, step, EMA
         critic step on Σ w·L_critic (fresh no-grad roll-out), clip, step
 
-Step budget: ``trainer.max_steps`` counts *iterations* (design §11). Lightning counts optimizer steps, so
+Step budget: ``trainer.max_steps`` counts *iterations*, as the papers do. Lightning counts optimizer steps, so
 exactly one optimizer step per iteration goes through Lightning (the critic's when there is a critic, else
 the generator's); the other role's optimizer steps directly. Randomness: a rank-shared generator draws what
 ranks must agree on (exit steps), a per-rank generator draws noise and σ; both are checkpointed, with the
@@ -87,7 +87,7 @@ class DistillationModule(L.LightningModule):
         context_sigma: σ of the roll-out's context pass.
         cache_gradient: let a later block's gradient reach earlier blocks through the cached keys and values
             (straight through to their exit-step K/V projections), as the official Self-Forcing / One-Forcing
-            roll-out does (algorithm-notes §3.3); off by default: the cache is detached between blocks.
+            roll-out does (docs/algorithms.md §4); off by default: the cache is detached between blocks.
         negative_prompt: the text whose embedding is the unconditional CFG branch (DMD's real score, the
             consistency teacher). The Wan references use Wan's standard negative prompt
             (``oneforcing.models.text_encoders.WAN_NEGATIVE_PROMPT``); the toy uses "" (all-zero context).
@@ -340,7 +340,7 @@ class DistillationModule(L.LightningModule):
     _restored_rng: dict | None = None
 
     def _check_trajectory_data(self) -> None:
-        """Trajectory snapshots must sit at the student's warped steps (algorithm-notes §10.10)."""
+        """Trajectory snapshots must sit at the student's warped steps (docs/algorithms.md §2, §8)."""
         from oneforcing.objectives.trajectory import TrajectoryDistillation
 
         if not any(isinstance(o, TrajectoryDistillation) for o in self.objectives):
@@ -607,7 +607,7 @@ class DistillationModule(L.LightningModule):
             ema, live = (aligned_parts(self.generator_ema, self.generator) if local
                          else (list(self.generator_ema.parameters()), list(self.generator.parameters())))
             live = [t.to(e.dtype) for e, t in zip(ema, live, strict=True)]  # a bf16 generator, an fp32 EMA
-            if not bool(self.ema_initialised):  # created from the current weights at ema_start (notes §4.5)
+            if not bool(self.ema_initialised):  # created from the current weights at ema_start
                 torch._foreach_copy_(ema, live)
                 self.ema_initialised.fill_(True)
             else:

@@ -1,4 +1,4 @@
-"""Trains the toy-world feature network for Fréchet / kernel distances (design §8).
+"""Trains the toy-world feature network for Fréchet / kernel distances (docs/evaluation.md).
 
 Each training video is degraded with probability ``degrade_prob`` by one of ``DEGRADATIONS[1:]`` (random
 strength). Loss: the cross-entropy of the "degradation" head (all videos) plus the sum over attributes

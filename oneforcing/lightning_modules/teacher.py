@@ -1,6 +1,6 @@
 """Flow-matching pre-training of the bidirectional teacher (pipeline stage 1; toy only, real users load Wan).
 
-Loss (rectified flow, design §6):  L = E_{x0, ε, σ} || v_θ((1-σ)·x0 + σ·ε, σ, c) - (ε - x0) ||²
+Loss (rectified flow, docs/algorithms.md §1):  L = E_{x0, ε, σ} || v_θ((1-σ)·x0 + σ·ε, σ, c) - (ε - x0) ||²
 with σ = shift(sigmoid(n)), n ~ N(0, 1) (logit-normal, then shifted towards high noise), and the caption
 dropped to "" with probability ``caption_dropout`` so that classifier-free guidance works at sampling.
 Optionally a share of the videos draw σ independently per frame (σ of shape (B, F), as in Diffusion

@@ -2,7 +2,7 @@
 
 Framewise: blocks of 1 frame; chunkwise: blocks of 3; first-frame enhancement: a first block of its own
 size (e.g. 4, then 1-frame blocks). Within a block attention is bidirectional, across blocks causal
-(algorithm-notes §1.3). A rolling window of W frames keeps ``sink`` first frames plus the most recent
+(docs/algorithms.md §3). A rolling window of W frames keeps ``sink`` first frames plus the most recent
 W - sink frames, evicting at block boundaries exactly as the KV cache does, so that the masked full-sequence
 forward and the cached block-by-block forward see the same keys.
 """
@@ -68,7 +68,7 @@ def frame_visibility(layout: BlockLayout, window_frames: int | None = None, sink
 
 def teacher_forcing_visibility(layout: BlockLayout, window_frames: int | None = None,
                                sink_frames: int = 0) -> torch.Tensor:
-    """(2F, 2F) bool over [clean frames | noisy frames] (algorithm-notes §1.3, teacher forcing).
+    """(2F, 2F) bool over [clean frames | noisy frames] (docs/algorithms.md §3, teacher forcing).
 
     Clean frames attend block-causally among themselves; the noisy frames of block j attend to the noisy
     frames of block j and to the clean frames of earlier blocks (within the window).

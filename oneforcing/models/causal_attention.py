@@ -4,7 +4,7 @@ One ``AttentionControl`` object is shared by every processor of a backbone; the 
 each call: a token mask for the full-sequence paths, or a ``KVCache`` and the block's frame offset for
 block-by-block generation. ``FramePositionRope`` replaces Wan's rotary module so that temporal positions
 are absolute (a block at frame s gets positions s..s+n-1) and teacher forcing can give the clean and noisy
-halves identical positions (algorithm-notes §1.2).
+halves identical positions (docs/algorithms.md §3).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ class AttentionControl:
 class KVCache:
     """Self-attention K/V of the frames generated so far, plus the cross-attention K/V of the prompt.
 
-    Buffers (allocated once, written in place, never part of autograd: the cache is detached between blocks,
-    design §6): ``k``, ``v``: (layers, B, capacity·T, heads, head_dim), T = tokens per frame. ``frames`` lists
-    the absolute frame index held by each slot. Keys are stored already rotated (absolute positions).
+    Buffers (allocated once, written in place, never part of autograd: the cache is detached between blocks):
+    ``k``, ``v``: (layers, B, capacity·T, heads, head_dim), T = tokens per frame. ``frames`` lists the
+    absolute frame index held by each slot. Keys are stored already rotated (absolute positions).
 
-    ``keep_gradient`` (the official roll-out's behaviour, algorithm-notes §3.3): the K/V of every
+    ``keep_gradient`` (the official roll-out's behaviour, docs/algorithms.md §4): the K/V of every
     grad-enabled call are remembered per block, and a later grad-enabled call reads each remembered block's
     slots as ``buffer + (k - sg(k))``: the values are the buffer's (the context pass's), the gradient flows
     straight through to that block's exit-step K/V projections. A block partly evicted by a rolling window

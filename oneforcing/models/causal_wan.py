@@ -65,7 +65,7 @@ class CausalWanBackbone(WanBackbone):
             block.attn1.set_processor(CausalSelfAttnProcessor(self.control, i))
             block.attn2.set_processor(CachedCrossAttnProcessor(self.control, i))
         self.transformer.rope = FramePositionRope(self.transformer.rope, self.control)
-        self._masks: dict[tuple, torch.Tensor] = {}  # keyed by everything the mask depends on (notes §10.11)
+        self._masks: dict[tuple, torch.Tensor] = {}  # keyed by everything the mask depends on
 
     # --- layout and masks -----------------------------------------------------------------------------
     @staticmethod

@@ -1,4 +1,4 @@
-"""One-Forcing's discriminator head on the critic (algorithm-notes §5.1, "attention" type).
+"""One-Forcing's discriminator head on the critic (docs/algorithms.md §11).
 
 Learned register tokens attention-pool the critic's hidden states after chosen transformer blocks (read
 through forward hooks on diffusers' blocks, no fork); the pooled tokens go through an MLP to one logit

@@ -1,4 +1,4 @@
-"""The exact teacher: E[x0 | x_σ, caption] in closed form over a bank of clean latents (design §4).
+"""The exact teacher: closed-form E[x0 | x_σ, caption] over a bank of clean latents (docs/algorithms.md §15).
 
 If the data are a bank of clean videos x0⁽ⁱ⁾ (uniform over the caption's entries), the flow-matching
 posterior over the entry i given x_σ = (1 − σ)·x0 + σ·ε is

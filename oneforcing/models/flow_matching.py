@@ -1,6 +1,6 @@
 """Rectified-flow (flow-matching) schedule shared by every role.
 
-Conventions (design §6):
+Conventions (docs/algorithms.md §1):
     x_t = (1 - σ)·x0 + σ·ε,   velocity target v* = ε - x0,   timestep t = 1000·σ,
     shift: σ' = s·σ / (1 + (s - 1)·σ).
 σ is used exactly as given. The reference code snaps σ to the nearest entry of a 1000-entry table

@@ -1,6 +1,6 @@
 """Checkpoints released by the reference trainers (Self-Forcing, Causal Forcing, One-Forcing) and Wan's own naming.
 
-Those trainers save one ``torch.save`` dict per checkpoint (algorithm-notes §5.5, §9.6): ``generator``,
+Those trainers save one ``torch.save`` dict per checkpoint (docs/real_wan_path.md): ``generator``,
 ``generator_ema`` and/or ``critic`` (One-Forcing's critic includes its GAN head), each the state dict of a
 wrapper around Wan's original ``WanModel``: keys like ``model.blocks.0.self_attn.q.weight``, sometimes with
 wrapper prefixes (``model._fsdp_wrapped_module.``, ``module.``, ``_checkpoint_wrapped_module.``,
@@ -48,7 +48,7 @@ _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 WRAPPER_INFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 WRAPPER_PREFIXES = ("module.", "model.")
 ROLES = ("generator", "generator_ema", "critic", "model")
-# One-Forcing's GAN head inside its critic (algorithm-notes §5.4): no counterpart in our backbone
+# One-Forcing's GAN head inside its critic (docs/algorithms.md §11): no counterpart in our backbone
 DISCRIMINATOR_MARKERS = ("_cls_pred_branch", "_conv3d_cls_branch", "_gan_ca_blocks", "_register_tokens")
 _ORIGINAL_ONLY = ("self_attn.", "cross_attn.", "head.head.", "time_projection.", "text_embedding.", "time_embedding.")
 

@@ -18,7 +18,7 @@ from oneforcing.models.wan_folder import tokenizer_vocab_problem
 _WORD = re.compile(r"[a-z]+")
 
 # Wan2.1's standard negative prompt: the unconditional CFG branch of every Wan recipe in the reference trainers
-# (DMD's real score, the consistency teacher, the ODE-trajectory export; algorithm-notes §0, §10.2).
+# (DMD's real score, the consistency teacher, the ODE-trajectory export; docs/algorithms.md §2).
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"

@@ -1,4 +1,4 @@
-"""The objective plugin contract (design §6, style guide rule 2).
+"""The objective plugin contract (docs/methods.md, "Distillation").
 
 An objective is a small ``nn.Module`` (so it may own parameters, e.g. a discriminator head) that declares
 the roles it needs and returns named losses for the generator side and/or the critic side. The

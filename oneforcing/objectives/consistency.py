@@ -1,6 +1,6 @@
 """Causal consistency distillation (Causal Forcing stage 2b), the trajectory-style 1-step baseline.
 
-Causal Forcing (CF++) as described in algorithm-notes §6.4; consistency models arXiv 2303.01469 eq. 7.
+Causal Forcing (CF++) as described in docs/algorithms.md §12; consistency models arXiv 2303.01469 eq. 7.
     grid σ_0 = 1 > … > σ_{N-1}: the N-step Euler grid at the shift (48 steps, s = 5 by default)
     k ~ U{0..N-2};  σ = σ_k, σ' = σ_{k+1} (one value for every frame)
     x_σ  = (1-σ)·x_gt + σ·ε

@@ -1,6 +1,6 @@
 """Flow-matching diffusion of the causal generator (autoregressive diffusion; Causal Forcing stage 1).
 
-Rectified flow (design §6), algorithm-notes §6.5:
+Rectified flow (docs/algorithms.md §1, §9):
     σ per block (u ~ U(0,1), shifted),  x_σ = (1-σ)·x0 + σ·ε,  L = mean( (v_G(x_σ, σ) - (ε - x0))² )
 With ``teacher_forcing`` the noisy blocks attend to the ground-truth clean earlier blocks; without it the
 block-causal forward runs on the noisy sequence (diffusion forcing).

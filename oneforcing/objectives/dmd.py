@@ -1,6 +1,6 @@
 """Distribution matching distillation (DMD), as trained by Self-Forcing and One-Forcing.
 
-arXiv 2311.18828 (DMD) eq. 7-8; Self-Forcing arXiv 2506.08009 §3; algorithm-notes §4.1-§4.2.
+arXiv 2311.18828 (DMD) eq. 7-8; Self-Forcing arXiv 2506.08009 §3; docs/algorithms.md §10.
 
 Generator side, on the roll-out x (with gradient at the exit step):
     σ ~ shifted U[0.02, 0.98],  x_σ = (1-σ)·x + σ·ε
@@ -46,7 +46,7 @@ def dmd_surrogate_loss(x: torch.Tensor, grad: torch.Tensor, frame_mask: torch.Te
 
 
 def critic_flow_loss(ctx: StepContext, shift: float, min_timestep: float = 20.0, max_timestep: float = 980.0) -> Losses:
-    """The fake score tracks the generator: flow matching on a fresh no-grad roll-out (notes §4.2)."""
+    """The fake score tracks the generator: flow matching on a fresh no-grad roll-out."""
     x = ctx.rollout(grad=False).latents.detach()
     sigma = sample_score_sigma(x.shape[0], ctx.rng, shift, min_timestep, max_timestep).to(x.device)
     noise = ctx.randn_like(x)

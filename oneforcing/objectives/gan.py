@@ -1,6 +1,6 @@
 """One-Forcing's auxiliary GAN on the critic: the fake-score network doubles as a discriminator.
 
-One-Forcing arXiv 2605.23458 §3 (DMD + GAN); algorithm-notes §5.2-§5.3. With D(x_σ, σ) the logit of the
+One-Forcing arXiv 2605.23458 §3 (DMD + GAN); docs/algorithms.md §11. With D(x_σ, σ) the logit of the
 discriminator head on the critic's features and softplus(z) = log(1 + e^z):
     generator:      L_G = mean softplus(-D(x_fake,σ))                        (non-saturating; critic frozen)
     discriminator:  L_D = mean softplus(-D(x_real,σ)) + mean softplus(D(x_fake,σ))

@@ -1,13 +1,13 @@
-"""The Self-Forcing training roll-out over the KV cache (algorithm-notes §3.2–§3.5).
+"""The Self-Forcing training roll-out over the KV cache (docs/algorithms.md §6).
 
 Per block: the steps before the exit step run without gradient (fresh noise between steps); the exit
 step's x0 prediction is the block's output and carries gradient when the block overlaps the gradient
 window; a no-grad context pass then rewrites the block's cache slots with the clean output. The exit step
 is drawn once per iteration and shared by all blocks (the first block, when it has its own schedule, gets
 its own draw); the draw comes from a generator seeded identically on every rank, so ranks agree without a
-broadcast. The cache is detached between blocks (design §6) unless ``cache_gradient``: then a later block's
-gradient also reaches earlier blocks through their cached keys and values, as in the official roll-out
-(algorithm-notes §3.3; the values read are the context pass's, the gradient goes to the exit step's K/V).
+broadcast. The cache is detached between blocks (docs/algorithms.md §4) unless ``cache_gradient``: then a
+later block's gradient also reaches earlier blocks through their cached keys and values, as in the official
+roll-out (the values read are the context pass's, the gradient goes to the exit step's K/V).
 
 Deliberate deviation: the context pass uses σ_ctx exactly (0 → the clean block); the reference's
 nearest-table lookup adds σ≈0.005 noise in training only.

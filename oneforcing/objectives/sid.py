@@ -1,6 +1,6 @@
 """Score identity distillation (SiD) as a DMD-family generator loss.
 
-SiD arXiv 2404.04057 eq. 23 (α-weighted); Self-Forcing's sid variant; algorithm-notes §6.1.
+SiD arXiv 2404.04057 eq. 23 (α-weighted); Self-Forcing's sid variant; docs/algorithms.md §13.
     x_σ = (1-σ)·x + σ·ε          (not detached: the gradient reaches x through x_σ too)
     f = critic x0(x_σ),  r = teacher x0 with CFG (uncond + w·(cond − uncond)),   both with gradient to x
     L_SiD = mean( (r - f) ⊙ ((r - x) - α·(r - f)) / sg(mean_{F,C,H,W} |x - r|) )   (normaliser per sample)

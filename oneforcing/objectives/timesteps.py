@@ -1,4 +1,4 @@
-"""σ draws for score, critic and GAN losses (algorithm-notes §2.5), as pure functions of a torch.Generator."""
+"""σ draws for score, critic and GAN losses (docs/algorithms.md §7): pure functions of a torch.Generator."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def sample_score_sigma(batch_size: int, rng: torch.Generator, shift: float = 5.0
                        max_t: float = 980.0) -> torch.Tensor:
     """u ~ U{0..999}/1000 per sample, σ = clamp(shift(u), min_t/1000, max_t/1000); one σ per video (B,).
 
-    At s=5 the median is ≈0.833 and ≈9 % of the mass sits at the 0.98 clamp (notes, Appendix A.1).
+    At s=5 the median is ≈0.833 and ≈9 % of the mass sits at the 0.98 clamp.
     """
     u = torch.randint(0, 1000, (batch_size,), generator=rng, device=rng.device).double() / 1000.0
     return shift_sigma(u, shift).clamp(min_t / 1000.0, max_t / 1000.0).float()

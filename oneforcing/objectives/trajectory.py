@@ -1,6 +1,6 @@
 """Trajectory (ODE) distillation: regress the student's one-step x0 onto the teacher's ODE output.
 
-CausVid arXiv 2412.07772 §4 (ODE initialisation); Causal Forcing (causal ODE); algorithm-notes §6.3.
+CausVid arXiv 2412.07772 §4 (ODE initialisation); Causal Forcing (causal ODE); docs/algorithms.md §8.
     x_k = teacher trajectory state at snapshot σ_k (σ_k = the student's warped steps),
     x0_pred = x_k - σ_k·v_G(x_k, σ_k),        L = mean( (x0_pred - x_ODE)² )
 Flavours:

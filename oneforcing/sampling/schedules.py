@@ -1,4 +1,5 @@
-"""Step schedules as explicit σ lists (design §6: never diffusers' ``set_timesteps(N)``, which shifts twice)."""
+"""Step schedules as explicit σ lists (docs/algorithms.md §2): never diffusers' ``set_timesteps(N)``, which
+shifts twice."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from oneforcing.models.flow_matching import euler_sigmas, validate_step_list, warped_step_sigmas
 
-STUDENT_SHIFT = 5.0  # the warped few-step list of the papers (design §6)
+STUDENT_SHIFT = 5.0  # the warped few-step list of the papers (docs/algorithms.md §2)
 
 
 def nominal_steps(num_steps: int) -> list[float]:

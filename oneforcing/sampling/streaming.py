@@ -1,4 +1,4 @@
-"""Streaming autoregressive generation with a KV cache (algorithm-notes §3.2, §7; design §7).
+"""Streaming autoregressive generation with a KV cache (docs/algorithms.md §4, §5).
 
 Per block of n latent frames at offset s:
     x = ε;  for i, σ_i in steps:  x0 = x - σ_i·v(x, σ_i);  if not last: x = (1-σ_{i+1})·x0 + σ_{i+1}·ε'
