@@ -49,6 +49,8 @@ def build_parser() -> ArgumentParser:
                    default=None, help="steps of the first block (default: the student's)")
     p.add_argument("--ema", type=bool | None, default=None,
                    help="true the generator's EMA weights, false its raw weights (default: the EMA when present)")
+    p.add_argument("--device", type=str | None, default=None,
+                   help="where the student runs: cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the student (torch.set_num_threads)")
     return p
 
@@ -56,8 +58,11 @@ def build_parser() -> ArgumentParser:
 def load_student(checkpoint: str, released_config: str | None = None, model_dir: str | None = None,
                  prompt: str | None = None, window: int | None = None, sink: int = 0, recache: bool = True,
                  steps: int | None = None, first_block_steps: int | None = None,
-                 ema: bool | None = None) -> tuple[Student, str]:
-    """The ``Student`` the page streams and which weights it uses."""
+                 ema: bool | None = None, device: str | None = None) -> tuple[Student, str]:
+    """The ``Student`` the page streams and which weights it uses, on ``device`` (default: CUDA when available)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asks for a GPU, but torch sees no CUDA device here; use --device cpu.")
     module = load_for_sampling(checkpoint, released_config, model_dir)
     if not hasattr(module, "generator_weights") and released_config is None:
         raise ValueError(f"{checkpoint} holds a bidirectional teacher, which cannot stream; serve a causal student "
@@ -67,6 +72,8 @@ def load_student(checkpoint: str, released_config: str | None = None, model_dir:
         raise ValueError(f"--window={window} must be >= 1 and --sink={sink} >= 0.")
     sampler, weights = streaming_sampler_from(module, steps=steps, first_block_steps=first_block_steps,
                                               window_frames=window, sink_frames=sink, ema=ema)
+    module.to(device)
+    sampler.model.to(device)
     default = prompt or (DEFAULT_TOY_PROMPT if hasattr(module.text_encoder, "vocabulary") else "")
 
     def encode(prompts: list[str]) -> torch.Tensor:
@@ -87,9 +94,10 @@ def serve_command(argv: list[str]) -> None:
         raise ValueError(f"--threads={cfg.threads} must be >= 1.")
     torch.set_num_threads(cfg.threads)
     student, weights = load_student(cfg.checkpoint, cfg.released_config, cfg.model_dir, cfg.prompt, cfg.window,
-                                    cfg.sink, cfg.recache, cfg.steps, cfg.first_block_steps, cfg.ema)
+                                    cfg.sink, cfg.recache, cfg.steps, cfg.first_block_steps, cfg.ema, cfg.device)
     app = create_app(student, max_streams=cfg.max_streams, max_fps=cfg.max_fps)
     logging.basicConfig(level=logging.INFO, format="[oneforcing] %(message)s")
-    Console().print(f"[green]Streaming {cfg.checkpoint} ({weights} weights) at http://{cfg.host}:{cfg.port}/ "
+    device = next(student.sampler.model.parameters()).device
+    Console().print(f"[green]Streaming {cfg.checkpoint} ({weights} weights, {device}) at http://{cfg.host}:{cfg.port}/ "
                     f"(Ctrl+C stops)", highlight=False)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -64,7 +64,8 @@ class Student:
 
 def frame_image(frame: torch.Tensor) -> str:
     """(3, H, W) in [-1, 1] -> a data URL of a PNG (small frames) or a JPEG."""
-    pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = ((frame.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = pixels.permute(1, 2, 0).numpy()  # (H, W, 3)
     buffer = io.BytesIO()
     kind = "png" if max(pixels.shape[:2]) <= PNG_UP_TO else "jpeg"
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format=kind.upper(), quality=90)
