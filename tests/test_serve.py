@@ -96,6 +96,10 @@ def test_a_bad_prompt_gets_a_message_and_the_stream_keeps_running(client):
         assert frames(ws, 3)[2]["index"] >= before + 2, "the stream runs on"
         ws.send_json({"action": "dance"})
         assert "Unknown action 'dance'" in until(ws, "error")["message"]
+        ws.send_text("{not json")
+        assert "not JSON" in until(ws, "error")["message"]
+        ws.send_json({"action": "start", "prompt": RED, "seed": "seven"})
+        assert "seed must be a whole number" in until(ws, "error")["message"]
         ws.send_json({"action": "stop"})
         until(ws, "stopped")
 
@@ -137,6 +141,28 @@ def test_a_stream_that_fails_reports_it_and_the_page_can_start_again(client):
         ws.send_json({"action": "start", "prompt": RED})
         until(ws, "started")
         assert frames(ws, 2)[1]["index"] == 1
+
+
+def test_a_failure_while_handling_a_message_is_reported_and_the_connection_stays():
+    student = tiny_student()
+    encode = student.encode
+    calls = {"n": 0}
+
+    def flaky(prompts):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second start: prompt check (1), the session (2) for the first; then this one
+            raise RuntimeError("text encoder unavailable")
+        return encode(prompts)
+
+    student.encode = flaky
+    with TestClient(create_app(student, max_fps=0)) as c, c.websocket_connect("/stream") as ws:
+        ws.send_json({"action": "start", "prompt": RED})
+        until(ws, "started")
+        ws.send_json({"action": "start", "prompt": BLUE})
+        assert until(ws, "error")["message"] == "RuntimeError: text encoder unavailable"
+        ws.send_json({"action": "start", "prompt": BLUE})
+        until(ws, "started")
+        assert frames(ws, 1)[0]["index"] == 0
 
 
 def test_stop_sends_no_frame_of_the_block_being_made():

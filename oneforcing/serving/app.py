@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import time
 from collections import deque
@@ -139,9 +140,18 @@ def create_app(student: Student, max_streams: int = 2, max_fps: float = 24.0) ->
         try:
             await websocket.send_json({"type": "ready", "default_prompt": student.default_prompt})
             while True:
-                message = await websocket.receive_json()
-                await _handle(websocket, message, session, student)
-        except (WebSocketDisconnect, RuntimeError):
+                text = await websocket.receive_text()
+                try:
+                    await _handle(websocket, json.loads(text), session, student)
+                except json.JSONDecodeError:
+                    await websocket.send_json({"type": "error", "message": "The page sent a message that is not "
+                                               "JSON; it sends {\"action\": ...} objects."})
+                except WebSocketDisconnect:
+                    raise
+                except Exception as error:  # reported on the page and in the server's log; the connection stays
+                    LOG.exception("Handling %r failed", text[:200])
+                    await websocket.send_json({"type": "error", "message": f"{type(error).__name__}: {error}"})
+        except WebSocketDisconnect:
             pass  # the page went away (closed, reloaded or lost): its stream ends below
         finally:
             producer.cancel()
