@@ -4,11 +4,14 @@ per role, the step's exit steps shared by its parts (one process, tiny backbone)
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import oneforcing.lightning_modules.distillation as distillation
+from oneforcing.engines.steps import RoleSteps, role_steps_of
+from oneforcing.lightning_modules.micro_batches import split_batch
 from oneforcing.objectives.base import Losses, Objective, StepContext
 from oneforcing.objectives.dmd import DMD
 from tests.test_distillation_module import CAPTIONS, fit, make_module, teacher_file  # noqa: F401  (fixture)
@@ -75,7 +78,7 @@ def test_micro_batches_share_the_step_exit_draws_and_log_the_mean(teacher_file, 
     module.shared_rng.manual_seed(5)
     draws = []
     batch = {"caption": CAPTIONS * 2}
-    contexts = [(part, module.batch_context(part), None) for part in module.micro_batches_of(batch)]
+    contexts = [(part, module.batch_context(part), None) for part in split_batch(batch, module.hparams.micro_batches)]
     for part, context, _ in contexts:
         ctx = module._step_context(part, context, None, draws)
         for grad in (True, False):  # two roll-outs per micro-batch
@@ -103,17 +106,17 @@ def test_the_logs_of_a_step_are_the_mean_over_its_micro_batches(teacher_file):
 def test_micro_batches_split_every_per_sample_value_and_keep_the_rest(teacher_file):
     module = make_module(teacher_file, micro_batches=2)
     batch = {"caption": ["a", "b", "c", "d"], "pixels": torch.arange(4.0).view(4, 1), "num_skipped": torch.tensor(3)}
-    first, second = module.micro_batches_of(batch)
+    first, second = split_batch(batch, 2)
     assert first["caption"] == ["a", "b"] and second["caption"] == ["c", "d"]
     assert first["pixels"].flatten().tolist() == [0.0, 1.0] and second["pixels"].flatten().tolist() == [2.0, 3.0]
     assert first["num_skipped"] is batch["num_skipped"] is second["num_skipped"]
-    assert make_module(teacher_file).micro_batches_of(batch) == [batch]
+    assert split_batch(batch, 1) == [batch]
 
 
 def test_a_batch_that_does_not_split_and_a_bad_count_are_refused(teacher_file):
     with pytest.raises(ValueError, match=r"A batch of 3 samples does not split into micro_batches=2; set the data's "
                                          r"batch_size to a multiple of 2 \(e.g. 2\)"):
-        make_module(teacher_file, micro_batches=2).micro_batches_of({"caption": ["a", "b", "c"]})
+        split_batch({"caption": ["a", "b", "c"]}, 2)
     with pytest.raises(ValueError, match=r"micro_batches=0 must be >= 1 \(1: no gradient accumulation\)"):
         make_module(teacher_file, micro_batches=0)
 
@@ -153,7 +156,9 @@ def accumulate_under_fake_ddp(teacher_file, monkeypatch, objective: Objective, p
     module = make_module(teacher_file, [objective], micro_batches=parts, ema_start=None)
     module.configure_model()
     ddp = FakeDDP(module) if ddp else None
-    monkeypatch.setattr(module, "_ddp", lambda: ddp)
+    steps = RoleSteps(SimpleNamespace(model=module))
+    monkeypatch.setattr(steps, "_ddp", lambda: ddp)
+    monkeypatch.setattr(module, "_steps", lambda: steps)
     backwards = []
 
     def backward(loss):
@@ -162,7 +167,7 @@ def accumulate_under_fake_ddp(teacher_file, monkeypatch, objective: Objective, p
 
     monkeypatch.setattr(module, "manual_backward", backward)
     batch = next(iter(four_sample_loader(1)))
-    micro = [(part, module.batch_context(part), None) for part in module.micro_batches_of(batch)]
+    micro = [(part, module.batch_context(part), None) for part in split_batch(batch, module.hparams.micro_batches)]
     with pytest.warns(UserWarning, match="Non-finite") if isinstance(objective, NaNOnCall) else contextlib.nullcontext():
         backward_ran, _ = module._accumulate(micro, "generator")
     assert backward_ran
@@ -197,31 +202,28 @@ def test_a_skipped_last_micro_batch_still_syncs_through_ddp(teacher_file, monkey
 
 def test_without_ddp_no_backward_is_wrapped(teacher_file):
     module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
-    assert module._ddp() is None  # no trainer
-    assert isinstance(module._no_gradient_sync(), contextlib.nullcontext)
+    steps = role_steps_of(SimpleNamespace(model=module))  # one device: the module itself
+    assert type(steps) is RoleSteps and steps._ddp() is None
+    assert isinstance(steps.no_gradient_sync(), contextlib.nullcontext)
 
 
-def test_the_ddp_wrapper_is_found_under_plain_ddp_only(teacher_file, tmp_path):
-    """``_ddp``: the DistributedDataParallel model of plain DDP; None under DeepSpeed (a DDPStrategy subclass whose
-    engines accumulate themselves) and for any other model (FSDP2's module, one device)."""
-    from types import SimpleNamespace
-
+def test_the_ddp_wrapper_is_found_under_plain_ddp_only(tmp_path):
+    """The role steps of plain DDP find its DistributedDataParallel model and accumulate inside its no_sync; those of
+    any other model (FSDP2's module, one device) find none; DeepSpeed (a DDPStrategy subclass whose engines
+    accumulate themselves) has its own, which never wrap a backward and step through the engines."""
     import torch.distributed as dist
 
-    from oneforcing.engines.deepspeed import DeepSpeedStrategy
+    from oneforcing.engines.deepspeed import DeepSpeedRoleSteps, DeepSpeedStrategy
 
-    module = make_module(teacher_file, [SquaredVelocity()], micro_batches=2)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
-        module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=ddp))
-        assert module._ddp() is ddp
-        assert module._no_gradient_sync().__class__ is not contextlib.nullcontext  # DDP's own no_sync
-        module._trainer.strategy.model = ddp.module  # not wrapped (FSDP2 shards in place; one device)
-        assert module._ddp() is None
+        assert role_steps_of(SimpleNamespace(model=ddp))._ddp() is ddp
+        assert role_steps_of(SimpleNamespace(model=ddp)).no_gradient_sync().__class__ is not contextlib.nullcontext
+        assert role_steps_of(SimpleNamespace(model=ddp.module))._ddp() is None  # not wrapped (FSDP2, one device)
         deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
-        module._trainer = SimpleNamespace(strategy=deepspeed)
-        assert module._ddp() is None
+        steps = role_steps_of(deepspeed)
+        assert type(steps) is DeepSpeedRoleSteps
+        assert isinstance(steps.no_gradient_sync(), contextlib.nullcontext)
     finally:
         dist.destroy_process_group()
-        module._trainer = None

@@ -9,7 +9,7 @@ import torch
 from oneforcing.models.causal_attention import KVCache
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanConfig
-from oneforcing.objectives.base import Objective
+from oneforcing.objectives.base import ModuleView, Objective
 from oneforcing.objectives.consistency import ConsistencyDistillation
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD, critic_flow_loss, dmd_gradient, dmd_surrogate_loss
@@ -138,13 +138,12 @@ def test_error_messages_start_with_the_objective_and_end_with_the_fix():
         with pytest.raises(KeyError) as error:
             objective.generator_loss(ctx)
         assert error.value.args[0].startswith(start) and error.value.args[0].endswith(".")
-    module_hp = type("M", (), {"hparams": type("H", (), {"ema_start": None})(), "first_block_sigmas": None,
-                               "step_sigmas": [1.0, 0.8]})()
-    problems = ConsistencyDistillation().check(module_hp)
+    view = ModuleView(objectives=(), num_layers=2, step_sigmas=(1.0, 0.8), first_block_sigmas=None, has_ema=False)
+    problems = ConsistencyDistillation().check(view)
     assert problems[0] == "ConsistencyDistillation regresses onto the generator's EMA: set ema_start (e.g. 0)"
     assert problems[1].endswith("(48 steps at the same shift contains [1000, 750, 500, 250])")
-    exact = type("M", (), {"hparams": type("H", (), {"ema_start": 0})(), "first_block_sigmas": None,
-                           "step_sigmas": [float(ConsistencyDistillation().grid[3])]})()
+    exact = ModuleView(objectives=(), num_layers=2, step_sigmas=(float(ConsistencyDistillation().grid[3]),),
+                       first_block_sigmas=None, has_ema=True)
     assert ConsistencyDistillation().check(exact) == [], "a step exactly on the grid is accepted"
 
 
@@ -242,7 +241,7 @@ def test_checkpoints_gather_every_ranks_noise_state(monkeypatch):
     tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
                 out_channels=12, text_dim=46)
     module = DistillationModule([CausalDiffusion()], backbone=tiny)
-    module.seed_generators(0)
+    module.randomness.seed(0)
     trainer = type("T", (), {"world_size": 2})()
     monkeypatch.setattr(type(module), "trainer", property(lambda self: trainer))
     module._trainer = trainer
@@ -256,7 +255,7 @@ def test_checkpoints_gather_every_ranks_noise_state(monkeypatch):
     assert len(states) == 2 and torch.equal(states[0], module.rank_rng.get_state()) and torch.equal(states[1], other)
     assert torch.equal(checkpoint["oneforcing_rng"]["shared"], module.shared_rng.get_state())
     module.on_load_checkpoint(checkpoint)
-    module.seed_generators(1)
+    module.randomness.seed(1)
     assert torch.equal(module.rank_rng.get_state(), other), "rank 1 resumes from its own gathered state"
 
 
@@ -283,23 +282,22 @@ def test_trajectory_snapshots_are_checked_against_the_students_steps(trainer_pro
     from oneforcing.lightning_modules.distillation import DistillationModule
 
     module = DistillationModule([TrajectoryDistillation()], denoising_steps=[1000, 750, 500, 250], **TINY_ARGS)
-    fake_trainer(module, {"kind": "trajectories", "snapshot_sigmas": [1.0, 0.9375, 0.8333333, 0.625]})
-    module._check_trajectory_data()  # the warped 4-step list at shift 5 matches to 1e-5
+    objective, view = module.objectives[0], module.view()
+    # the warped 4-step list at shift 5 matches to 1e-5
+    assert objective.check_data({"kind": "trajectories", "snapshot_sigmas": [1.0, 0.9375, 0.8333333, 0.625]}, view) == []
     for snapshots in ([1.0, 0.9375, 0.8333], [1.0, 0.9375, 0.8333, 0.62], [1.0, 0.9375, 0.8333, 0.625, 0.5]):
-        fake_trainer(module, {"snapshot_sigmas": snapshots})
-        with pytest.raises(ValueError) as error:
-            module._check_trajectory_data()
-        assert str(error.value).startswith(f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not "
-                                           "match the student's steps σ=[1.0, 0.9375, 0.8333, 0.625]; set "
-                                           "denoising_steps to the nominal steps")
+        (problem,) = objective.check_data({"snapshot_sigmas": snapshots}, view)
+        assert problem.startswith(f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not match the "
+                                  "student's steps σ=[1.0, 0.9375, 0.8333, 0.625]; set denoising_steps to the nominal steps")
+    assert objective.check_data({"kind": "toy"}, view) == [
+        "TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); the train split's "
+        "index.json records no snapshot_sigmas."]
     fake_trainer(module, {"kind": "toy"})
-    with pytest.raises(ValueError, match=r"^TrajectoryDistillation needs trajectory shards \(written by `oneforcing "
-                                         r"data trajectories`\); the train split's index.json records no snapshot_sigmas"):
-        module._check_trajectory_data()
-    fake_trainer(module, None)
     with pytest.raises(ValueError, match="records no snapshot_sigmas"):
-        module._check_trajectory_data()
-    DistillationModule([CausalDiffusion()], **TINY_ARGS)._check_trajectory_data()  # no trajectory objective: no check
+        module.on_fit_start()  # reported when fitting starts
+    other = DistillationModule([CausalDiffusion()], **TINY_ARGS)
+    fake_trainer(other, {"kind": "toy"})
+    other.on_fit_start()  # no trajectory objective: no check
 
 
 def test_on_fit_start_reports_every_objectives_data_problem_and_on_train_start_seeds_the_rank(trainer_property):

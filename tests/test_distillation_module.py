@@ -95,22 +95,25 @@ def test_critic_step_leaves_the_generator_and_generator_step_leaves_the_critic(t
     assert not changed(critic_before, module.critic) and changed(gen_before, module.generator)
 
 
-def test_ema_starts_at_ema_start_and_follows_its_decay(teacher_file):
+def test_ema_starts_at_ema_start_and_follows_its_decay(teacher_file, monkeypatch):
+    from oneforcing.lightning_modules import distillation
+
     module = make_module(teacher_file, objectives=[CausalDiffusion()], teacher_weights=None,
                          generator_weights=teacher_file, ema_start=2, ema_decay=0.8)  # d ≠ 1 − d
     module.configure_model()
-    history = []
-    original = module._update_ema
+    initial, history = snapshot(module.generator_ema), []
+    original = distillation.update_ema
 
-    def record(iteration):
-        before = snapshot(module.generator_ema)
-        original(iteration)
-        history.append((iteration, before, snapshot(module.generator), snapshot(module.generator_ema)))
+    def record(ema, live, initialised, decay):
+        before = snapshot(ema)
+        original(ema, live, initialised, decay)
+        history.append((int(module.iteration), before, snapshot(live), snapshot(ema)))
 
-    module._update_ema = record
+    monkeypatch.setattr(distillation, "update_ema", record)
     fit(module, 4)
-    (i0, b0, _, a0), (i1, b1, _, a1), (i2, _, live2, a2), (i3, before3, live3, a3) = history
-    assert all(torch.equal(b0[k], a0[k]) for k in a0) and all(torch.equal(b1[k], a1[k]) for k in a1), "no EMA before ema_start"
+    (i2, b2, live2, a2), (i3, before3, live3, a3) = history
+    assert (i2, i3) == (2, 3), "the EMA is updated from ema_start on, after every generator step"
+    assert all(torch.equal(b2[k], initial[k]) for k in initial), "no EMA update before ema_start"
     assert all(torch.equal(a2[k], live2[k]) for k in a2), "EMA initialised from the weights at ema_start"
     for k in a3:
         assert torch.allclose(a3[k], 0.8 * before3[k] + 0.2 * live3[k], atol=1e-6)

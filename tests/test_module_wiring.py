@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import oneforcing.lightning_modules.distillation as distillation
+from oneforcing.lightning_modules.micro_batches import split_batch
 from oneforcing.objectives.base import Objective
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD
@@ -73,7 +74,7 @@ def test_micro_batches_split_every_per_sample_member_and_keep_per_batch_ones(tea
     module = make_module(teacher_file, micro_batches=2)
     batch = {"caption": ["a", "b", "c", "d"], "index": torch.arange(4), "latents": torch.arange(8.0).view(4, 2),
              "num_skipped": torch.tensor(3), "source": "shards"}
-    first, second = module.micro_batches_of(batch)
+    first, second = split_batch(batch, 2)
     assert first["caption"] == ["a", "b"] and second["caption"] == ["c", "d"]
     assert first["index"].tolist() == [0, 1] and second["index"].tolist() == [2, 3]  # 1-D per-sample tensors too
     assert torch.equal(second["latents"], batch["latents"][2:])
@@ -109,9 +110,9 @@ def trajectory_module(teacher_file):
 
 def test_trajectory_data_is_checked_only_against_a_shard_index(teacher_file):
     module = trajectory_module(teacher_file)
-    module._check_trajectory_data()  # no trainer: nothing to check
     module._trainer = SimpleNamespace(datamodule=object())  # plain dataloaders: no shard index
-    module._check_trajectory_data()
+    module.on_fit_start()
+    assert module.objectives[0].check_data(None, module.view()) == []
 
 
 def test_trajectory_snapshots_off_the_student_s_steps_are_refused_with_both_lists(teacher_file):
@@ -120,13 +121,14 @@ def test_trajectory_snapshots_off_the_student_s_steps_are_refused_with_both_list
     module._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_index={"snapshot_sigmas": snapshots}))
     steps = [round(s, 4) for s in module.step_sigmas]
     with pytest.raises(ValueError) as error:
-        module._check_trajectory_data()
+        module.on_fit_start()
     assert str(error.value) == (
+        "The training data do not fit the objectives:\n  - "
         f"The trajectory snapshots σ=[1.0, 0.938, 0.8333, 0.6251] do not match the student's steps σ={steps}; set "
         "denoising_steps to the nominal steps the trajectories were exported with (e.g. [1000, 750, 500, 250]) and "
         "the same warp_shift.")
     module._trainer.datamodule.train_index = {"snapshot_sigmas": list(module.step_sigmas)}
-    module._check_trajectory_data()  # the student's own steps pass
+    module.on_fit_start()  # the student's own steps pass
 
 
 class UnknownRoles(Objective):

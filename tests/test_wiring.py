@@ -279,7 +279,7 @@ def test_the_exit_step_is_drawn_alike_on_every_rank_while_the_noise_differs(monk
         module = DistillationModule([DMD()], backbone=TINY, teacher_weights="t", num_frames=5, frame_size=16,
                                     block_size=1, first_block_size=2, denoising_steps=[1000, 750, 500, 250],
                                     first_block_steps=[1000, 500], seed=4)
-        module.seed_generators(rank)
+        module.randomness.seed(rank)
         seen.clear()
         for _ in range(12):
             module._step_context({}, torch.zeros(1, 2, 46), torch.zeros(1, 2, 46)).rollout(True)
@@ -325,12 +325,12 @@ def test_trajectory_clean_context_is_validated_against_the_flavour_and_the_data(
         TrajectoryDistillation(flavour="teacher_forcing", clean_context="teacher")
     with pytest.raises(ValueError, match="applies to flavour='teacher_forcing' only"):
         TrajectoryDistillation(clean_context="ode_output")
-    autoregressive = {"kind": "trajectories", "order": "autoregressive"}
+    autoregressive = {"kind": "trajectories", "order": "autoregressive", "snapshot_sigmas": [1.0, 0.5]}
     (problem,) = TrajectoryDistillation(flavour="teacher_forcing").check_data(autoregressive)
     assert "set clean_context: ode_output" in problem
     assert TrajectoryDistillation(flavour="teacher_forcing", clean_context="ode_output").check_data(autoregressive) == []
     assert TrajectoryDistillation().check_data(autoregressive) == []  # noisy states: causal either way
-    assert TrajectoryDistillation(flavour="teacher_forcing").check_data({"order": "joint"}) == []
+    assert TrajectoryDistillation(flavour="teacher_forcing").check_data({"order": "joint", "snapshot_sigmas": [1.0]}) == []
 
 
 @pytest.mark.parametrize("teacher_forcing", [True, False])

@@ -26,6 +26,7 @@ environment (docs/engines.md).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from oneforcing.engines.fsdp2 import remove_path, swap_in, write_failure
+from oneforcing.engines.steps import RoleSteps
 from oneforcing.models.sharded import full_state_dict, load_full_state_dict
 
 ENGINE_TAG = "state"  # each engine saves into its own folder under this tag (no shared `latest` file)
@@ -269,6 +271,9 @@ class DeepSpeedStrategy(DDPStrategy):
     def optimizer_state(self, optimizer) -> dict:
         return {}  # each engine writes its own (partitioned) optimizer state
 
+    def role_steps(self) -> "DeepSpeedRoleSteps":
+        return DeepSpeedRoleSteps(self)
+
     # --- checkpoints ------------------------------------------------------------------------------------
     def _engine_parameter_names(self) -> set[str]:
         owned = {id(p) for role in self._roles for p in role.module.parameters()}
@@ -354,6 +359,21 @@ class DeepSpeedStrategy(DDPStrategy):
     def remove_checkpoint(self, filepath) -> None:
         if self.is_global_zero:
             remove_path(Path(filepath))
+
+
+class DeepSpeedRoleSteps(RoleSteps):
+    """Role steps under DeepSpeed: each engine accumulates its micro-batches until its step, then reduces, clips
+    (to the role's ``gradient_clipping``) and steps; nothing without a backward since its last step."""
+
+    def no_gradient_sync(self):
+        return contextlib.nullcontext()
+
+    def sync_accumulated_gradients(self, module) -> None:
+        pass
+
+    def clip_and_step(self, optimizer, max_norm: float, counted: bool, clip: bool) -> torch.Tensor | None:
+        optimizer.step() if counted else self.strategy.step_engine(optimizer)
+        return self.strategy.grad_norm(optimizer) if clip else None
 
 
 def build_communication_op() -> None:

@@ -14,39 +14,44 @@ exactly one optimizer step per iteration goes through Lightning (the critic's wh
 the generator's); the other role's optimizer steps directly. Randomness: a rank-shared generator draws what
 ranks must agree on (exit steps), a per-rank generator draws noise and σ; both are checkpointed, with the
 iteration and the EMA, so a resumed run continues exactly.
+
+This file is the method. Around it, each in its own module: the config and data checks (``distillation_checks``),
+the roles and how the engines see them (``roles``), the EMA (``ema``), the micro-batch split (``micro_batches``),
+the random streams (``randomness``), and what differs between engines in a role's step (``oneforcing.engines.steps``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import itertools
 from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from oneforcing.data.datamodule import ShardDataModule
 from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
-from oneforcing.lightning_modules.distillation_checks import config_problems
+from oneforcing.engines.deepspeed import EngineRole, FrozenRole
+from oneforcing.engines.steps import role_steps_of
+from oneforcing.lightning_modules import roles as role_building
+from oneforcing.lightning_modules.distillation_checks import cached_prompt_problems, config_problems
+from oneforcing.lightning_modules.ema import update_ema
+from oneforcing.lightning_modules.micro_batches import split_batch
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
+from oneforcing.lightning_modules.randomness import StepRandomness
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
-from oneforcing.engines.deepspeed import DeepSpeedStrategy, EngineRole, FrozenRole
-from oneforcing.models.sharded import (full_state_dict, full_tensor, gathered, is_fsdp2, is_partitioned,
-                                       aligned_parts, reshard)
-from oneforcing.models.lora import LoRAConfig, apply_lora, as_lora_config, has_lora, merged_state_dict, set_trainable
+from oneforcing.models.flow_matching import warped_step_sigmas
+from oneforcing.models.lora import LoRAConfig, as_lora_config, has_lora, merged_state_dict
+from oneforcing.models.sharded import full_state_dict, is_fsdp2
 from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.models.wan_components import wan_components
-from oneforcing.objectives.base import Objective, StepContext
+from oneforcing.objectives.base import ModuleView, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
-from oneforcing.models.flow_matching import warped_step_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
-
 
 
 def _config(value: WanConfig | dict | None, default: WanConfig) -> WanConfig:
@@ -185,8 +190,8 @@ class DistillationModule(L.LightningModule):
         self.generator_ema: CausalWanBackbone | None = None
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.register_buffer("ema_initialised", torch.zeros((), dtype=torch.bool))
-        self.shared_rng = torch.Generator().manual_seed(seed)
-        self.rank_rng = torch.Generator().manual_seed(seed)
+        self.randomness = StepRandomness(seed)
+        self.shared_rng, self.rank_rng = self.randomness.shared, self.randomness.rank
         self.nonfinite = NonFiniteGuard(nonfinite_patience)
 
     # --- configuration ----------------------------------------------------------------------------------
@@ -200,73 +205,27 @@ class DistillationModule(L.LightningModule):
             self.build_roles()
 
     def build_roles(self, load_weights: bool = True) -> None:
-        """The roles the objectives need, their initial weights loaded unless ``load_weights`` is False (e.g. on
-        the meta device, where ``oneforcing plan`` builds them to count their sizes), LoRA and checkpointing applied."""
-        hp = self.hparams
-        self.generator = CausalWanBackbone(self.backbone_config, block_size=hp.block_size,
-                                           first_block_size=hp.first_block_size)
-        generator_init = hp.generator_weights or hp.model_dir or hp.teacher_weights
-        if generator_init and load_weights:
-            self.generator.load_weights(generator_init)
-        if self.generator_lora:
-            apply_lora(self.generator, self.generator_lora)
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False).eval()
-        elif "teacher" in self.roles:
-            self.teacher = WanBackbone(self.teacher_config)
-            if load_weights:
-                self.teacher.load_weights(hp.teacher_weights or hp.model_dir)
-            self.teacher.requires_grad_(False).eval()
-        if "critic" in self.roles:
-            self.critic = WanBackbone(self.backbone_config)
-            critic_init = hp.critic_weights or hp.model_dir or hp.teacher_weights
-            if critic_init and load_weights:
-                self.critic.load_weights(critic_init)
-            if self.critic_lora:
-                apply_lora(self.critic, self.critic_lora)
-        if hp.ema_start is not None:
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        trainable = {"generator": self.generator, "critic": self.critic}
-        for role in hp.activation_checkpointing:  # the EMA copy is used without gradients: nothing to recompute
-            trainable[role].enable_activation_checkpointing()
-        for objective in self.objectives:
-            objective.configure(self.critic)
+        """The roles the objectives need (``oneforcing.lightning_modules.roles``); weights unless ``load_weights`` is
+        False (the meta-device plan)."""
+        role_building.build_roles(self, load_weights)
 
     def shard_units(self) -> list[nn.Module]:
-        """FSDP units of every role (``oneforcing.engines.fsdp2``): each Wan block and transformer of the
-        generator, its EMA, the critic and a Wan teacher (frozen: sharded, no optimizer), and objectives' heads."""
-        roles = (self.generator, self.generator_ema, self.critic,
-                 self.teacher if isinstance(self.teacher, WanBackbone) else None)
-        return [unit for role in roles if role is not None for unit in role.shard_units()] + \
-            [unit for objective in self.objectives for unit in objective.shard_units()]
+        """FSDP2's units of every role (``oneforcing.engines.fsdp2``)."""
+        return role_building.shard_units(self)
 
     def engine_roles(self) -> list[EngineRole]:
-        """The trainable roles as DeepSpeed engines (``oneforcing.engines.deepspeed``), in the order of
-        ``configure_optimizers``: the generator, and the critic with the objectives' parameters that train beside it."""
-        hp = self.hparams
-        roles = [EngineRole("generator", self.generator, hp.generator_grad_clip, ("generator.",), hp.micro_batches)]
-        if not self.critic_objectives:
-            return roles
-        own = [type(o).__name__ for o in self.objectives if o.optimizer_settings() is not None]
-        if own:
-            raise ValueError(f"{own} train their parameters with their own optimizer settings, which DeepSpeed's one "
-                             "engine per role cannot step beside the critic's; unset them (e.g. the GAN's head_lr) "
-                             "so that they train with the critic's optimizer, or use strategy ddp / fsdp2.")
-        shared = [(i, o) for i, o in enumerate(self.objectives) if any(True for _ in o.parameters())]
-        modules = [self.critic, *(o for _, o in shared)]
-        prefixes = ("critic.", *(f"objectives.{i}." for i, _ in shared))
-        module = self.critic if len(modules) == 1 else nn.ModuleList(modules)
-        return roles + [EngineRole("critic", module, hp.critic_grad_clip, prefixes, hp.micro_batches)]
+        """DeepSpeed's engines, one per trainable role (``oneforcing.engines.deepspeed``)."""
+        return role_building.engine_roles(self)
 
     def frozen_roles(self) -> list[FrozenRole]:
-        """The frozen roles with parameters, which DeepSpeed ZeRO-3 partitions beside the engines: a Wan teacher
-        and the generator's EMA (kept fp32)."""
-        roles = []
-        if isinstance(self.teacher, WanBackbone):
-            roles.append(FrozenRole("teacher.", self.teacher))
-        if self.generator_ema is not None:
-            roles.append(FrozenRole("generator_ema.", self.generator_ema, fp32=True))
-        return roles
+        """The frozen roles ZeRO-3 partitions beside the engines."""
+        return role_building.frozen_roles(self)
+
+    def view(self) -> ModuleView:
+        """What the objectives' checks read of this module."""
+        return ModuleView(objectives=tuple(self.objectives), num_layers=self.backbone_config.num_layers,
+                          step_sigmas=tuple(self.step_sigmas), first_block_sigmas=self.first_block_sigmas,
+                          has_ema=self.hparams.ema_start is not None)
 
     @property
     def generator_objectives(self) -> list[Objective]:
@@ -292,10 +251,9 @@ class DistillationModule(L.LightningModule):
         return optimizers
 
     def on_fit_start(self) -> None:
-        self._check_trajectory_data()
         datamodule = self.trainer.datamodule
         index = getattr(datamodule, "train_index", None) if datamodule is not None else None
-        problems = [p for o in self.objectives for p in o.check_data(index)]
+        problems = [p for o in self.objectives for p in o.check_data(index, self.view())]
         if isinstance(datamodule, ShardDataModule) and index is not None:
             problems += self._adopt_cached_prompts(datamodule, index)
         if problems:
@@ -303,62 +261,15 @@ class DistillationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # after any checkpoint is restored: strategies that restore after setup (FSDP2) do so after on_fit_start
-        self.seed_generators(self.global_rank)
+        self.randomness.seed(self.global_rank)
 
     def _adopt_cached_prompts(self, datamodule: ShardDataModule, index: dict) -> list[str]:
-        """Check the split's cached prompt embeddings (``oneforcing data prompts`` / ``encode``) against the text
-        encoder's shape, and take its cached negative prompt as the unconditional context (no text encoder call)."""
-        hp, problems = self.hparams, []
-        length, dim = self.text_encoder.context_length, self.backbone_config.text_dim
-        if PROMPT_MEMBER in {m.split(".")[0] for m in index.get("members", [])}:
-            if (index.get("context_length"), index.get("context_dim")) != (length, dim):
-                problems.append(f"the cached prompt embeddings are {index.get('context_length')} tokens of "
-                                f"{index.get('context_dim')} (index.json) but the text encoder gives {length} of {dim}; "
-                                "re-encode the data with this model's text encoder (oneforcing data prompts / encode "
-                                "--model-dir)")
-        cached = datamodule.cached_negative_prompt()
-        if cached is not None:
-            text, embedding = cached
-            if text != hp.negative_prompt:
-                if "teacher" in self.roles:  # only the teacher's CFG reads the negative prompt
-                    rank_zero_warn(f"The training data cache the negative prompt {text[:40]!r}... but "
-                                   f"model.init_args.negative_prompt is {hp.negative_prompt[:40]!r}...: the text "
-                                   "encoder encodes it for the teacher's CFG. Set negative_prompt to the cached text, or "
-                                   "re-run `oneforcing data prompts / encode --negative-prompt`.")
-            elif embedding.shape[-1] == dim and embedding.shape[0] <= length:
-                self._negative_embedding = pad_contexts([embedding], length).to(self.device)  # (1, L, D)
+        """The split's cached prompt embeddings checked against the text encoder, and its cached negative prompt
+        taken as the unconditional context when it is this module's (no text encoder call)."""
+        problems, embedding = cached_prompt_problems(self, datamodule, index)
+        if embedding is not None:
+            self._negative_embedding = embedding.to(self.device)
         return problems
-
-    def seed_generators(self, rank: int) -> None:
-        """Per-rank noise (rank_rng) and rank-shared draws (shared_rng, e.g. the exit step), or the restored states."""
-        self.rank_rng.manual_seed(self.hparams.seed + 1000 * rank + 1)
-        self.shared_rng.manual_seed(self.hparams.seed)
-        if self._restored_rng is not None:
-            self.shared_rng.set_state(self._restored_rng["shared"])
-            self.rank_rng.set_state(self._restored_rng["rank"][rank % len(self._restored_rng["rank"])])
-
-    _restored_rng: dict | None = None
-
-    def _check_trajectory_data(self) -> None:
-        """Trajectory snapshots must sit at the student's warped steps (docs/algorithms.md §2, §8)."""
-        from oneforcing.objectives.trajectory import TrajectoryDistillation
-
-        if not any(isinstance(o, TrajectoryDistillation) for o in self.objectives):
-            return
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "train_index"):
-            return  # plain dataloaders carry no shard index to check against
-        snapshots = (datamodule.train_index or {}).get("snapshot_sigmas")
-        if snapshots is None:
-            raise ValueError("TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); "
-                             "the train split's index.json records no snapshot_sigmas.")
-        steps = self.step_sigmas
-        if len(snapshots) != len(steps) or any(abs(a - b) > 1e-5 for a, b in zip(snapshots, steps)):
-            raise ValueError(
-                f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not match the student's steps "
-                f"σ={[round(s, 4) for s in steps]}; set denoising_steps to the nominal steps the trajectories were "
-                "exported with (e.g. [1000, 750, 500, 250]) and the same warp_shift."
-            )
 
     # --- one iteration ----------------------------------------------------------------------------------
     def latents_of(self, batch: dict) -> torch.Tensor | None:
@@ -439,24 +350,6 @@ class DistillationModule(L.LightningModule):
         logs[f"{side}/loss"] = total.detach()
         return total, logs
 
-    def micro_batches_of(self, batch: dict) -> list[dict]:
-        """``batch`` split along its samples into ``micro_batches`` equal parts (the whole batch when 1)."""
-        parts = self.hparams.micro_batches
-        size = len(batch["caption"])
-        if parts == 1:
-            return [batch]
-        if size % parts:
-            raise ValueError(f"A batch of {size} samples does not split into micro_batches={parts}; set the data's "
-                             f"batch_size to a multiple of {parts} (e.g. {parts * max(1, size // parts)}).")
-        step = size // parts
-
-        def part(value, k: int):
-            per_sample = (isinstance(value, torch.Tensor) and value.ndim > 0 and len(value) == size) or \
-                (isinstance(value, list) and len(value) == size)
-            return value[k * step:(k + 1) * step] if per_sample else value  # else per batch (e.g. a skip count)
-
-        return [{key: part(value, k) for key, value in batch.items()} for k in range(parts)]
-
     def _accumulate(self, micro_batches: list[tuple[dict, torch.Tensor, torch.Tensor]], side: str) -> tuple[bool, dict]:
         """Backward of Σ_k L(micro-batch k) / K, one micro-batch (batch, context, unconditional context) at a time
         (its graph freed before the next), with the step's exit steps shared by the micro-batches. A micro-batch
@@ -469,40 +362,16 @@ class DistillationModule(L.LightningModule):
                 logs[key] = logs.get(key, 0.0) + value.detach() / len(micro_batches)
             if self.nonfinite.is_finite(self, loss, side) and loss.requires_grad:
                 last = k == len(micro_batches) - 1
-                with contextlib.nullcontext() if last else self._no_gradient_sync():
+                with contextlib.nullcontext() if last else self._steps().no_gradient_sync():
                     self.manual_backward(loss / len(micro_batches))
                 backward, synced = True, last
         if backward and not synced:
-            self._sync_accumulated_gradients()
+            self._steps().sync_accumulated_gradients(self)
         return backward, logs
 
-    def _ddp(self) -> nn.parallel.DistributedDataParallel | None:
-        """The DDP wrapper when plain DDP trains this module (not FSDP2, whose parts each reduce-scatter, keeping
-        gradients sharded; not DeepSpeed, whose engines accumulate until their step)."""
-        trainer = self._trainer
-        if trainer is None or isinstance(trainer.strategy, DeepSpeedStrategy):
-            return None
-        model = trainer.strategy.model
-        return model if isinstance(model, nn.parallel.DistributedDataParallel) else None
-
-    def _no_gradient_sync(self) -> contextlib.AbstractContextManager:
-        """Under DDP, a micro-batch's backward before the step's last one accumulates locally (one all-reduce per
-        role step instead of one per micro-batch); the last backward reduces the sum."""
-        ddp = self._ddp()
-        # Lightning prepares DDP's reducer before a manual backward only while ``require_backward_grad_sync``, which
-        # no_sync clears: the reducer's hooks then leave the gradients local
-        return contextlib.nullcontext() if ddp is None else ddp.no_sync()
-
-    def _sync_accumulated_gradients(self) -> None:
-        """Every backward of the step ran without sync (its last micro-batch was skipped as non-finite, on every
-        rank): a synced backward of a zero loss over the trainable parameters lets DDP's reducer average the
-        accumulated gradients, as the last backward would have, and close its bookkeeping of the step (the
-        parameters the unsynced backwards marked as used). Averaging by hand would leave that bookkeeping open
-        for the next synced backward, which then fails on the other role's frozen parameters."""
-        if self._ddp() is None:
-            return
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        self.manual_backward(sum((p * 0).sum() for p in trainable))
+    def _steps(self):
+        """What differs between engines in a role's step (``oneforcing.engines.steps``)."""
+        return role_steps_of(self.trainer.strategy)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
@@ -515,38 +384,39 @@ class DistillationModule(L.LightningModule):
         # the unconditional context is the teacher's CFG branch: without a teacher it is never encoded
         micro_batches = [(part, self.batch_context(part),
                           self.uncond_context(len(part["caption"])) if "teacher" in self.roles else None)
-                         for part in self.micro_batches_of(batch)]
+                         for part in split_batch(batch, hp.micro_batches)]
+        steps, fsdp2 = self._steps(), is_fsdp2(self.generator)
         self._reshard_roles()
         generator_due = self.generator_objectives and (
             critic_opt is None or iteration % hp.generator_update_every == 0 and iteration >= hp.critic_warmup)
         if generator_due:
-            self._freeze(self.critic, self.objectives)  # the generator step never updates the critic (or its heads)
+            role_building.freeze(self.critic, self.objectives, fsdp2=fsdp2)  # the critic (and its heads) stays
             generator_opt.zero_grad(set_to_none=True)
             finite, step_logs = self._accumulate(micro_batches, "generator")
             # counted by Lightning only when no critic steps every iteration; without gradients it changes nothing
-            norm = self._clip_and_step(generator_opt, hp.generator_grad_clip, counted=critic_opt is None, clip=finite)
+            norm = steps.clip_and_step(generator_opt, hp.generator_grad_clip, counted=critic_opt is None, clip=finite)
             if finite:
                 logs["generator/grad_norm"] = norm
             generator_opt.zero_grad(set_to_none=True)
-            self._unfreeze(self.critic, self.objectives)
-            if finite:
-                self._update_ema(iteration)
+            role_building.unfreeze(self.critic, self.objectives, fsdp2=fsdp2)
+            if finite and self.generator_ema is not None and iteration >= hp.ema_start:
+                update_ema(self.generator_ema, self.generator, self.ema_initialised, hp.ema_decay)
             logs.update(step_logs)
         if critic_opt is not None:
             self._reshard_roles()
-            self._freeze(self.generator)  # the critic step never updates the generator
+            role_building.freeze(self.generator, fsdp2=fsdp2)  # the critic step never updates the generator
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
             backward, step_logs = self._accumulate(micro_batches, "critic")
             # the critic's step is counted by Lightning, its heads' are not (one counted step per iteration);
             # without gradients (a skipped step) they change nothing
             for name, opt in (("critic", critic_opt), *((f"head{i}", o) for i, o in enumerate(head_opts))):
-                norm = self._clip_and_step(opt, hp.critic_grad_clip, counted=opt is critic_opt, clip=backward)
+                norm = steps.clip_and_step(opt, hp.critic_grad_clip, counted=opt is critic_opt, clip=backward)
                 if backward:
                     logs[f"{name}/grad_norm"] = norm
             for opt in (critic_opt, *head_opts):
                 opt.zero_grad(set_to_none=True)
-            self._unfreeze(self.generator)
+            role_building.unfreeze(self.generator, fsdp2=fsdp2)
             logs.update(step_logs)
         self.iteration += 1
         if batch.get("num_skipped") is not None:
@@ -555,63 +425,8 @@ class DistillationModule(L.LightningModule):
         self.log_dict({k: v.float() for k, v in logs.items()}, on_step=True, batch_size=len(batch["caption"]))
         self.log("iteration", self.iteration.float(), prog_bar=True, batch_size=len(batch["caption"]))
 
-    def _clip_and_step(self, optimizer, max_norm: float, counted: bool, clip: bool) -> torch.Tensor | None:
-        """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` and step it; with ``clip``, their global
-        norm before clipping. ``counted``: the step goes through Lightning (the iteration's one counted step).
-        Under DeepSpeed the role's engine reduces, clips and steps (and does nothing without a backward)."""
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy):
-            optimizer.step() if counted else strategy.step_engine(optimizer)
-            return strategy.grad_norm(optimizer) if clip else None
-        norm = None
-        if clip:
-            params = [p for group in optimizer.optimizer.param_groups for p in group["params"]]
-            norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        optimizer.step() if counted else optimizer.optimizer.step()
-        return norm
-
-    def _freeze(self, *roles: nn.Module | None) -> None:
-        """Freeze the roles the coming step does not update, so that its backward computes no weight gradients
-        for them. Not under FSDP2: a unit's gathered parameters keep the requires_grad of their first use, so a
-        role frozen then would never train again (and one trainable then gets gradients anyway); there the other
-        role's gradients are computed and dropped (zeroed before its own step), and only its optimizer steps."""
-        if not is_fsdp2(self.generator):
-            for role in roles:
-                if role is not None:
-                    role.requires_grad_(False)
-
-    def _unfreeze(self, *roles: nn.Module | None) -> None:
-        if not is_fsdp2(self.generator):
-            for role in roles:
-                if role is not None:
-                    set_trainable(role, True)  # a LoRA role's base weights stay frozen
-
     def _reshard_roles(self) -> None:
-        """FSDP2: start each step from sharded roles. A role root used without backward (a no-grad roll-out, the
-        teacher, the EMA) keeps its parameters gathered; a later forward with gradients must gather them afresh
-        for FSDP2 to reduce their gradients (reusing the gathered copy gave other gradients than DDP's)."""
-        for role in (self.generator, self.generator_ema, self.critic, self.teacher):
-            if role is not None:
-                reshard(role)
-
-    @torch.no_grad()
-    def _update_ema(self, iteration: int) -> None:
-        hp = self.hparams
-        if self.generator_ema is None or iteration < hp.ema_start:
-            return
-        reshard(self.generator_ema), reshard(self.generator)  # FSDP2: update the shards, not gathered copies
-        # FSDP2 shards and ZeRO-3 partitions both roles alike: the update is local to each rank's part (no
-        # communication); a replicated EMA of a ZeRO-3 generator (no DeepSpeed engine for it) gathers the generator
-        local = is_partitioned(self.generator_ema) or not is_partitioned(self.generator)
-        with contextlib.nullcontext() if local else gathered(self.generator):
-            ema, live = (aligned_parts(self.generator_ema, self.generator) if local
-                         else (list(self.generator_ema.parameters()), list(self.generator.parameters())))
-            live = [t.to(e.dtype) for e, t in zip(ema, live, strict=True)]  # a bf16 generator, an fp32 EMA
-            if not bool(self.ema_initialised):  # created from the current weights at ema_start
-                torch._foreach_copy_(ema, live)
-                self.ema_initialised.fill_(True)
-            else:
-                torch._foreach_lerp_(ema, live, 1.0 - hp.ema_decay)
+        role_building.reshard_all(self.generator, self.generator_ema, self.critic, self.teacher)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Sampling happens in the SampleVideoLogger callback; nothing to compute per batch."""
@@ -619,16 +434,10 @@ class DistillationModule(L.LightningModule):
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["oneforcing_module"] = type(self).__name__
-        ranks = self.trainer.world_size if self._trainer is not None else 1
-        states = [self.rank_rng.get_state()]
-        if ranks > 1 and torch.distributed.is_initialized():
-            gathered = [None] * ranks
-            torch.distributed.all_gather_object(gathered, self.rank_rng.get_state())
-            states = gathered
-        checkpoint["oneforcing_rng"] = {"shared": self.shared_rng.get_state(), "rank": states}
+        checkpoint["oneforcing_rng"] = self.randomness.state(self.trainer.world_size if self._trainer is not None else 1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._restored_rng = checkpoint.get("oneforcing_rng")
+        self.randomness.restore(checkpoint.get("oneforcing_rng"))
 
     # --- sampling ---------------------------------------------------------------------------------------
     @property

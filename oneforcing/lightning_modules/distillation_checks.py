@@ -1,8 +1,12 @@
-"""The checks of a ``DistillationModule``'s configuration: every problem found and reported at once, with its fix,
-before any role is built or any weight read."""
+"""The checks of a ``DistillationModule``'s configuration and of its training data: every problem found and reported
+at once, with its fix, before any role is built or any weight read (the data's when fitting starts)."""
 
 from __future__ import annotations
 
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.text_encoders import ToyTextEncoder
@@ -18,6 +22,7 @@ def config_problems(module) -> list[str]:
     if hp.solver not in SOLVERS:
         problems.append(f"solver={hp.solver!r} is not a sampler update; use one of {SOLVERS} (or null: the "
                         "objectives decide)")
+    view = module.view()
     for o in module.objectives:
         unknown = set(o.roles) - set(ROLES)
         if unknown:
@@ -26,7 +31,7 @@ def config_problems(module) -> list[str]:
             problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
                             "(e.g. assets/toy_teacher.safetensors) or model.init_args.teacher (e.g. "
                             "oneforcing.data.exact_bank.ExactToyTeacher)")
-        problems += o.check(module)
+        problems += o.check(view)
     problems += given_teacher_problems(module)
     unknown = sorted(set(hp.activation_checkpointing) - {"generator", "critic"})
     if unknown:
@@ -89,3 +94,31 @@ def given_teacher_problems(module) -> list[str]:
                 problems.append(f"negative_prompt={hp.negative_prompt!r} is not the exact teacher's unconditional "
                                 "prompt; set the teacher's unconditional_prompt to the same text")
     return problems
+
+
+def cached_prompt_problems(module, datamodule, index: dict) -> tuple[list[str], torch.Tensor | None]:
+    """The split's cached prompt embeddings (``oneforcing data prompts`` / ``encode``) against the text encoder's shape,
+    and its cached negative prompt's (1, L, D) embedding when it is the module's ``negative_prompt`` and fits (None:
+    the text encoder encodes it). A different cached negative prompt is a warning when a teacher's CFG reads it."""
+    hp, problems = module.hparams, []
+    length, dim = module.text_encoder.context_length, module.backbone_config.text_dim
+    if PROMPT_MEMBER in {m.split(".")[0] for m in index.get("members", [])}:
+        if (index.get("context_length"), index.get("context_dim")) != (length, dim):
+            problems.append(f"the cached prompt embeddings are {index.get('context_length')} tokens of "
+                            f"{index.get('context_dim')} (index.json) but the text encoder gives {length} of {dim}; "
+                            "re-encode the data with this model's text encoder (oneforcing data prompts / encode "
+                            "--model-dir)")
+    cached = datamodule.cached_negative_prompt()
+    if cached is None:
+        return problems, None
+    text, embedding = cached
+    if text != hp.negative_prompt:
+        if "teacher" in module.roles:  # only the teacher's CFG reads the negative prompt
+            rank_zero_warn(f"The training data cache the negative prompt {text[:40]!r}... but "
+                           f"model.init_args.negative_prompt is {hp.negative_prompt[:40]!r}...: the text "
+                           "encoder encodes it for the teacher's CFG. Set negative_prompt to the cached text, or "
+                           "re-run `oneforcing data prompts / encode --negative-prompt`.")
+        return problems, None
+    if embedding.shape[-1] == dim and embedding.shape[0] <= length:
+        return problems, pad_contexts([embedding], length)  # (1, L, D)
+    return problems, None

@@ -8,6 +8,7 @@ the roles it needs and returns named losses for the generator side and/or the cr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,6 +49,17 @@ class StepContext:
         return torch.rand(shape, generator=self.rng, device=self.rng.device)
 
 
+@dataclass(frozen=True)
+class ModuleView:
+    """What an objective's checks may read of the module it trains in (``check``, ``check_data``)."""
+
+    objectives: Sequence["Objective"]          # every objective of the module, this one included
+    num_layers: int                            # Wan blocks of the generator and the critic
+    step_sigmas: Sequence[float]               # the student's warped steps, σ = 1 first
+    first_block_sigmas: Sequence[float] | None  # the first block's own steps (first-frame enhancement)
+    has_ema: bool                              # whether the module keeps an EMA of the generator (ema_start set)
+
+
 class Objective(nn.Module):
     """Base class. Subclasses set ``roles`` and override one or both of the loss methods.
 
@@ -83,12 +95,14 @@ class Objective(nn.Module):
     def critic_loss(self, ctx: StepContext) -> Losses:
         raise NotImplementedError
 
-    def check(self, module) -> list[str]:
-        """Problems with this objective in ``module`` (reported together before training starts)."""
+    def check(self, view: ModuleView) -> list[str]:
+        """Problems with this objective in the module ``view`` describes (reported together before anything is built)."""
         return []
 
-    def check_data(self, index: dict | None) -> list[str]:
-        """Problems with the training data (the train split's index, None for plain dataloaders)."""
+    def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
+        """Problems with the training data (the train split's index, None for plain dataloaders) for this objective
+        in the module ``view`` describes (None: checks that need the module are skipped); reported together when
+        fitting starts."""
         return []
 
     def optimizer_settings(self) -> dict | None:

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, x0_from_velocity
-from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
 from oneforcing.sampling.euler import guided_velocity, teacher_forcing_velocity
 
 
@@ -67,12 +67,12 @@ class ConsistencyDistillation(Objective):
     def grid(self) -> torch.Tensor:
         return euler_sigmas(self.num_grid_steps, self.grid_shift)[:-1].float()  # (N,), without the final 0
 
-    def check(self, module) -> list[str]:
+    def check(self, view: ModuleView) -> list[str]:
         problems = []
-        if module.hparams.ema_start is None:
+        if not view.has_ema:
             problems.append("ConsistencyDistillation regresses onto the generator's EMA: set ema_start (e.g. 0)")
         grid = self.grid.double()
-        for sigma in (module.first_block_sigmas or []) + module.step_sigmas:
+        for sigma in [*(view.first_block_sigmas or []), *view.step_sigmas]:
             if float((grid - sigma).abs().min()) > 1e-5:
                 problems.append(
                     f"the student's step σ={sigma:.4f} is not on the {self.num_grid_steps}-step consistency grid at "

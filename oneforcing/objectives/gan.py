@@ -28,10 +28,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from oneforcing.models.discriminator import DiscriminatorHead
 from oneforcing.models.flow_matching import add_noise, velocity_target
-from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
 from oneforcing.objectives.dmd import DMD, critic_flow_loss
 from oneforcing.objectives.timesteps import sample_score_sigma
 
@@ -106,11 +107,11 @@ class GAN(Objective):
     def shard_units(self) -> list[nn.Module]:
         return self.head.shard_units() if self.head is not None else []
 
-    def check(self, module) -> list[str]:
-        num_layers = module.backbone_config.num_layers
+    def check(self, view: ModuleView) -> list[str]:
+        num_layers = view.num_layers
         problems = [f"GAN feature layer {layer} does not exist in the critic ({num_layers} blocks: 0..{num_layers - 1})"
                     for layer in self.feature_layers if not 0 <= layer < num_layers]
-        if self.shared_flow_pass and any(isinstance(o, DMD) and o.train_critic for o in module.objectives):
+        if self.shared_flow_pass and any(isinstance(o, DMD) and o.train_critic for o in view.objectives):
             problems.append("GAN(shared_flow_pass=true) computes the critic's flow loss itself, and DMD trains it too; "
                             "set DMD's train_critic: false (or shared_flow_pass: false)")
         return problems
@@ -119,7 +120,7 @@ class GAN(Objective):
         """The head's own AdamW settings, or None when it trains with the critic's optimizer."""
         return None if self.head_lr is None else {"lr": self.head_lr, "betas": self.head_betas}
 
-    def check_data(self, index: dict | None) -> list[str]:
+    def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
         """Before training: the real samples this objective needs must be in the data."""
         if index is None:
             return []

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from oneforcing.models.flow_matching import x0_from_velocity
-from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
 
 
 def per_block_values(values: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
@@ -51,14 +51,28 @@ class TrajectoryDistillation(Objective):
                              "context is the noisy trajectory states.")
         self.flavour, self.clean_context = flavour, clean_context
 
-    def check_data(self, index: dict | None) -> list[str]:
-        if index is None or index.get("order") != "autoregressive":
-            return []
-        if self.flavour == "teacher_forcing" and self.clean_context == "ground_truth":
-            return ["the trajectories were sampled autoregressively over the teacher's own frames, so their ground "
-                    "truth is not the context their outputs continue: set clean_context: ode_output on "
-                    "TrajectoryDistillation."]
-        return []
+    def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
+        """Trajectory shards whose snapshots sit at the student's warped steps (docs/algorithms.md §2, §8), and a clean
+        context that autoregressive trajectories continue."""
+        if index is None:
+            return []  # plain dataloaders carry no shard index to check against
+        snapshots = index.get("snapshot_sigmas")
+        if snapshots is None:
+            return ["TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); the "
+                    "train split's index.json records no snapshot_sigmas."]
+        problems = []
+        steps = list(view.step_sigmas) if view is not None else snapshots
+        if len(snapshots) != len(steps) or any(abs(a - b) > 1e-5 for a, b in zip(snapshots, steps)):
+            problems.append(
+                f"The trajectory snapshots σ={[round(s, 4) for s in snapshots]} do not match the student's steps "
+                f"σ={[round(s, 4) for s in steps]}; set denoising_steps to the nominal steps the trajectories were "
+                "exported with (e.g. [1000, 750, 500, 250]) and the same warp_shift.")
+        if index.get("order") == "autoregressive" and self.flavour == "teacher_forcing" and \
+                self.clean_context == "ground_truth":
+            problems.append("the trajectories were sampled autoregressively over the teacher's own frames, so their "
+                            "ground truth is not the context their outputs continue: set clean_context: ode_output on "
+                            "TrajectoryDistillation.")
+        return problems
 
     def generator_loss(self, ctx: StepContext) -> Losses:
         batch = ctx.batch
