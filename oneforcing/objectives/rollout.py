@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.flow_matching import add_noise, x0_from_velocity
+from oneforcing.models.flow_matching import add_noise
+from oneforcing.sampling.block_denoising import denoise_block
 
 
 @dataclass
@@ -67,12 +68,8 @@ def self_forcing_rollout(
         sigmas, exit_at = (first_block_sigmas, first_exit) if (b == 0 and first_block_sigmas) else (step_sigmas, exit_index)
         x = noise_fn((B, n, C, H, W))
         with_grad = grad and bool(window[start:start + n].any())
-        for i, sigma in enumerate(sigmas[: exit_at + 1]):
-            s = torch.full((B, n), sigma, device=device)
-            with torch.set_grad_enabled(with_grad and i == exit_at):
-                x0 = x0_from_velocity(x, generator.forward_cached(x, s, context, cache, start), s)
-            if i < exit_at:
-                x = add_noise(x0, noise_fn((B, n, C, H, W)), torch.full((B, n), sigmas[i + 1], device=device))
+        x0 = denoise_block(generator, x, sigmas[: exit_at + 1], context, cache, start,
+                           lambda: noise_fn((B, n, C, H, W)), grad_last=with_grad)
         grad_frames[start:start + n] = with_grad
         with torch.no_grad():
             clean = x0 if context_sigma == 0 else add_noise(x0, noise_fn(x0.shape), torch.full((B, n), context_sigma, device=device))

@@ -22,7 +22,7 @@ import torch
 
 from oneforcing.models.causal_attention import KVCache
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.flow_matching import add_noise, x0_from_velocity
+from oneforcing.sampling.block_denoising import denoise_block
 from oneforcing.sampling.schedules import check_sigmas, sigma_tensor
 
 
@@ -112,18 +112,9 @@ class StreamingSampler:
         """One block at frames [start, start + n) from fresh noise to clean latents (B, n, C, H, W), over the
         cache of the frames before it; its context pass then writes the clean block into the cache.
         shape: (n, C, H, W)."""
-        B, n, device = context.shape[0], shape[0], context.device
-        x = draw_noise(generators, shape, device)
-        for i, sigma in enumerate(sigmas):
-            s = sigma_tensor(sigma, B, n, device)
-            v = self.model.forward_cached(x, s, context, cache, start)
-            if i + 1 == len(sigmas):  # x0: also the Euler step to σ = 0
-                x0 = x0_from_velocity(x, v, s)
-            elif self.solver == "euler":
-                x = x + (sigmas[i + 1] - sigma) * v
-            else:
-                x = add_noise(x0_from_velocity(x, v, s), draw_noise(generators, shape, device),
-                              sigma_tensor(sigmas[i + 1], B, n, device))
+        x = draw_noise(generators, shape, context.device)
+        x0 = denoise_block(self.model, x, sigmas, context, cache, start,
+                           lambda: draw_noise(generators, shape, context.device), self.solver)
         self.remember(x0, context, cache, start)
         return x0
 
