@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test test-engines test-browser
+.PHONY: demo test test-fast test-engines test-browser
 
 # The CPU torch goes in first (it is on local disk here): installing lightning into an environment
 # without torch would pull a multi-GB CUDA build.
@@ -21,6 +21,10 @@ demo: $(VENV)/installed
 # The default suite (about 5 min on 2 cores); the 2-process engine tests (about 20 min) are `make test-engines`.
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not engines and not browser"
+
+# The fast tier while editing (about 90 s): no subprocess, no multi-step training.
+test-fast: $(VENV)/installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not engines and not browser"
 
 test-engines: $(VENV)/installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m engines
