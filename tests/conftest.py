@@ -25,6 +25,9 @@ TEACHER_CONFIG = REPO_ROOT / "configs" / "toy" / "teacher.yaml"
 # A 2-layer Wan of ~24 k parameters. attention_head_dim 12 keeps Wan's RoPE split even:
 # h = w = 2·(12 // 6) = 4 and t = 12 - 8 = 4.
 TINY_BACKBONE = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=48, freq_dim=32)
+# The unit tests' tiny Wan: its shapes alone (TINY_WAN), and on the toy's space-to-depth latents and text (TINY_TOY).
+TINY_WAN = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+TINY_TOY = dict(TINY_WAN, in_channels=12, out_channels=12, text_dim=46)
 TINY_FRAMES = 8
 TINY_SIZE = 16
 TINY_TRAIN_VIDEOS = 32
@@ -185,3 +188,17 @@ def recipe_inputs(tmp_path_factory) -> dict[str, Path]:
         export_trajectories(str(weights), str(root / "toy" / split), str(root / "ode" / split), steps=8,
                             batch_size=8, progress=False)
     return {"toy": root / "toy", "ode": root / "ode", "teacher": weights, "teacher6": deep_weights, "runs": root / "runs"}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> str:
+    """Random tiny-Wan weights (TINY_TOY, seed 0) as an exported teacher: the modules' teacher and initialisation."""
+    from safetensors.torch import save_file
+
+    from oneforcing.models.wan import WanBackbone, WanConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    state = WanBackbone(WanConfig(**TINY_TOY)).transformer.state_dict()
+    save_file({f"model.transformer.{k}": v for k, v in state.items()}, path)
+    return str(path)

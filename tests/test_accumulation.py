@@ -14,7 +14,7 @@ from oneforcing.engines.steps import RoleSteps, role_steps_of
 from oneforcing.lightning_modules.micro_batches import split_batch
 from oneforcing.objectives.base import Losses, Objective, StepContext
 from oneforcing.objectives.dmd import DMD
-from tests.test_distillation_module import CAPTIONS, fit, make_module, teacher_file  # noqa: F401  (fixture)
+from tests.test_distillation_module import CAPTIONS, make_module
 
 
 class SquaredVelocity(Objective):
@@ -103,8 +103,7 @@ def test_the_logs_of_a_step_are_the_mean_over_its_micro_batches(teacher_file):
     assert logs[0]["iteration"] == 1.0
 
 
-def test_micro_batches_split_every_per_sample_value_and_keep_the_rest(teacher_file):
-    module = make_module(teacher_file, micro_batches=2)
+def test_micro_batches_split_every_per_sample_value_and_keep_the_rest():
     batch = {"caption": ["a", "b", "c", "d"], "pixels": torch.arange(4.0).view(4, 1), "num_skipped": torch.tensor(3)}
     first, second = split_batch(batch, 2)
     assert first["caption"] == ["a", "b"] and second["caption"] == ["c", "d"]

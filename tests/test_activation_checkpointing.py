@@ -9,7 +9,7 @@ import torch
 
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanBackbone, WanConfig
-from tests.test_distillation_module import TINY, make_module, teacher_file  # noqa: F401  (fixture)
+from tests.test_distillation_module import TINY, make_module
 
 
 def gradients(model, loss_of) -> dict[str, torch.Tensor]:

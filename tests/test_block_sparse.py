@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
+from conftest import TINY_WAN
 from oneforcing.engines.memory import traced_peak
 from oneforcing.models.block_layout import BlockLayout, expand_to_tokens, frame_visibility, teacher_forcing_visibility
 from oneforcing.models.block_sparse import block_sparse_mask, resolve_backend
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanConfig
 
-CFG = WanConfig(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+CFG = WanConfig(**TINY_WAN)
 B, F, C, H, W = 2, 12, 12, 10, 10  # 25 tokens per frame: frames straddle the 128-token tiles, the last tile is cut
 LAYOUTS = {"framewise": dict(block_size=1), "chunkwise": dict(block_size=3),
            "first4then1": dict(block_size=1, first_block_size=4),

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from conftest import TINY_WAN
 from oneforcing.models.block_layout import BlockLayout, frame_visibility, teacher_forcing_visibility
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanBackbone, WanConfig
 
-CFG = WanConfig(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+CFG = WanConfig(**TINY_WAN)
 B, F, C, H, W = 2, 12, 12, 8, 8
 LAYOUTS = {"framewise": dict(block_size=1), "chunkwise": dict(block_size=3),
            "first4then1": dict(block_size=1, first_block_size=4)}

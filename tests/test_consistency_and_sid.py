@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -10,8 +11,7 @@ from oneforcing.objectives.base import StepContext
 from oneforcing.objectives.consistency import ConsistencyDistillation
 from oneforcing.objectives.sid import sid_loss
 
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 
 
 def test_sid_loss_matches_its_formula_with_a_per_sample_stop_gradient_normaliser():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY_TOY, TINY_WAN
 from oneforcing.models.causal_attention import KVCache
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanConfig
@@ -23,7 +24,7 @@ from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generator
 from tests.stubs import RecordingNoise, StubCausal, StubFullSequence, StubScore
 from tests.test_wiring import B, C, H, W, context_for, latents
 
-TINY = WanConfig(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+TINY = WanConfig(**TINY_WAN)
 
 
 def critic_sigma(objective, side: str, seed: int = 5, grad: bool = False) -> torch.Tensor:
@@ -108,8 +109,7 @@ def test_rollout_reports_its_exit_steps():
 def test_gan_feature_layer_range_and_messages():
     from oneforcing.lightning_modules.distillation import DistillationModule
 
-    tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-                out_channels=12, text_dim=46)
+    tiny = dict(TINY_TOY)
     DistillationModule([DMD(), GAN(feature_layers=[0, 1])], backbone=tiny, teacher_weights="t")  # both ends valid
     with pytest.raises(ValueError) as error:
         DistillationModule([DMD(), GAN(feature_layers=[2], num_registers=1)], backbone=tiny, teacher_weights="t")
@@ -218,8 +218,7 @@ def test_each_trainable_role_gets_its_own_adamw_settings(tmp_path):
     from oneforcing.lightning_modules.distillation import DistillationModule
     from oneforcing.models.wan import WanBackbone
 
-    tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-                out_channels=12, text_dim=46)
+    tiny = dict(TINY_TOY)
     torch.manual_seed(0)
     path = tmp_path / "t.safetensors"
     save_file({f"model.{k}": v for k, v in WanBackbone(WanConfig(**tiny)).state_dict().items()}, path)
@@ -238,8 +237,7 @@ def test_checkpoints_gather_every_ranks_noise_state(monkeypatch):
     """On save, the per-rank generators' states of all ranks are gathered (resume restores each rank's own)."""
     from oneforcing.lightning_modules.distillation import DistillationModule
 
-    tiny = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-                out_channels=12, text_dim=46)
+    tiny = dict(TINY_TOY)
     module = DistillationModule([CausalDiffusion()], backbone=tiny)
     module.randomness.seed(0)
     trainer = type("T", (), {"world_size": 2})()
@@ -274,8 +272,7 @@ def trainer_property(monkeypatch):
     monkeypatch.setattr(DistillationModule, "trainer", property(lambda self: self._trainer))
 
 
-TINY_ARGS = dict(backbone=dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32,
-                               in_channels=12, out_channels=12, text_dim=46))
+TINY_ARGS = dict(backbone=dict(TINY_TOY))
 
 
 def test_trajectory_snapshots_are_checked_against_the_students_steps(trainer_property):

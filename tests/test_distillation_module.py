@@ -6,23 +6,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD
 
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 CAPTIONS = ["a large red circle moving left quickly", "a small blue square moving up slowly"]
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    save_file({f"model.transformer.{k}": v for k, v in WanBackbone(WanConfig(**TINY)).transformer.state_dict().items()},
-              path)
-    return str(path)
 
 
 def batches(n: int = 64):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import TINY_TOY
 from oneforcing.callbacks.export import export_weights
 from oneforcing.data.exact_bank import ExactToyTeacher, caption_videos, one_object_captions
 from oneforcing.data.toy_world import make_video_of
@@ -183,8 +184,7 @@ def test_the_bank_is_float16_its_memory_is_stated_and_it_stays_out_of_state_dict
 
 
 # --- in a DistillationModule ---------------------------------------------------------------------------
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 
 
 @pytest.fixture(scope="module")

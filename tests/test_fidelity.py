@@ -11,14 +11,14 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.text_encoders import WAN_NEGATIVE_PROMPT, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.dmd import DMD
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 
 
 def model_args(path: Path) -> dict:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.discriminator import DiscriminatorHead
 from oneforcing.models.wan import WanBackbone, WanConfig
@@ -13,8 +14,7 @@ from oneforcing.objectives.dmd import DMD
 from oneforcing.objectives.gan import GAN, r1_penalty, r2_penalty
 from oneforcing.objectives.rollout import Rollout
 
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 
 
 def test_head_gives_one_logit_per_video_from_the_chosen_layers():

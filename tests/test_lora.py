@@ -8,7 +8,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import require_real_extra
+from conftest import TINY_TOY, require_real_extra
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -23,8 +23,7 @@ from oneforcing.objectives.dmd import DMD
 
 require_real_extra("peft")
 
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 CAPTIONS = ["a large red circle moving left quickly", "a small blue square moving up slowly"]
 
 

@@ -16,7 +16,7 @@ from oneforcing.objectives.base import Objective
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD
 from oneforcing.objectives.trajectory import TrajectoryDistillation
-from tests.test_distillation_module import make_module, teacher_file  # noqa: F401  (fixture)
+from tests.test_distillation_module import make_module
 
 
 def contexts(module, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +70,7 @@ def test_each_side_sums_its_own_objectives_on_the_step_s_draws(teacher_file):
     assert seen[2] is draws and seen[3][0] == module.generator_objectives and seen[3][2] == "generator"
 
 
-def test_micro_batches_split_every_per_sample_member_and_keep_per_batch_ones(teacher_file):
-    module = make_module(teacher_file, micro_batches=2)
+def test_micro_batches_split_every_per_sample_member_and_keep_per_batch_ones():
     batch = {"caption": ["a", "b", "c", "d"], "index": torch.arange(4), "latents": torch.arange(8.0).view(4, 2),
              "num_skipped": torch.tensor(3), "source": "shards"}
     first, second = split_batch(batch, 2)

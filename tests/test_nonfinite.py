@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.diffusion import CausalDiffusion
 
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 
 
 class SometimesNaN(CausalDiffusion):

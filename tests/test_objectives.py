@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import TINY_WAN
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.flow_matching import shift_sigma
 from oneforcing.models.wan import WanConfig
@@ -11,7 +12,7 @@ from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
 from oneforcing.objectives.timesteps import sample_score_sigma
 from oneforcing.objectives.trajectory import per_block_values
 
-CFG = WanConfig(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+CFG = WanConfig(**TINY_WAN)
 
 
 def test_dmd_gradient_is_fake_minus_real_over_a_per_sample_normaliser():

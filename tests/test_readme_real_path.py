@@ -13,7 +13,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT, USER_PROMPTS, WAN_CLIP, require_real_extra, write_test_videos
 
 from oneforcing.cli import main

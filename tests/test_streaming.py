@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from conftest import TINY_WAN
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.wan import WanConfig
 from oneforcing.sampling.schedules import many_step_sigmas, student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
 
-CFG = WanConfig(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32)
+CFG = WanConfig(**TINY_WAN)
 LATENT = (12, 8, 8)
 
 

@@ -11,7 +11,7 @@ from oneforcing.data.prompt_cache import PROMPT_MEMBER
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD
 from oneforcing.objectives.gan import GAN
-from tests.test_distillation_module import fit, make_module, teacher_file  # noqa: F401  (fixture)
+from tests.test_distillation_module import fit, make_module
 
 
 def record_logs(module) -> list[dict[str, float]]:

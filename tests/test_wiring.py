@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.causal_wan import CausalWanBackbone
 from oneforcing.models.discriminator import DiscriminatorHead
@@ -29,8 +30,7 @@ from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generator
 from tests.stubs import RecordingNoise, StubCausal, StubFullSequence, StubScore, per_sample
 
 B, NF, C, H, W = 3, 4, 2, 3, 3
-TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=12, ffn_dim=32, in_channels=12,
-            out_channels=12, text_dim=46)
+TINY = dict(TINY_TOY)
 OFFSET = 5.0  # latents far from 0: noising at one σ and reading at another moves the recovered ε by ~OFFSET
 
 
