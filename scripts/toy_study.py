@@ -35,6 +35,7 @@ RESULTS/<run>/config.yaml`` (with its ``--out`` paths).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -47,6 +48,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from oneforcing.objectives.consistency import ConsistencyDistillation
+from oneforcing.objectives.dmd import DMD
+from oneforcing.objectives.gan import GAN
 
 ONEFORCING = [sys.executable, "-m", "oneforcing.cli"]  # the console script of this interpreter's environment
 FIRST_BLOCK_4STEP = {"first_block_steps": [1000, 750, 500, 250]}
@@ -91,6 +96,13 @@ CURVES = ("bank_precision", "bank_coverage", "sharpness_ratio", "dynamics_ratio"
           "attr_shape", "fd")
 
 
+def is_objective(class_path: str, kind: type) -> bool:
+    """Whether a recipe's objective (its class path) is ``kind`` or a subclass: the class itself is imported, so a
+    renamed or moved class fails here instead of silently not matching a name."""
+    module, _, name = class_path.rpartition(".")
+    return issubclass(getattr(importlib.import_module(module), name), kind)
+
+
 class Study:
     """The study's folders, its settings and the log of every command it ran."""
 
@@ -122,7 +134,7 @@ class Study:
         """The CFG weight w of an objective's teacher: --consistency-guidance for consistency, --dmd-guidance for
         the real score of DMD and SiD, each --guidance-scale unless set."""
         a = self.args
-        chosen = a.consistency_guidance if class_path.endswith(".ConsistencyDistillation") else a.dmd_guidance
+        chosen = a.consistency_guidance if is_objective(class_path, ConsistencyDistillation) else a.dmd_guidance
         return a.guidance_scale if chosen is None else chosen
 
     def run(self, cmd: list[str], log: Path) -> None:
@@ -181,15 +193,15 @@ class Study:
         init = cfg["model"]["init_args"]
         init.update(scaled_to(init, self.num_frames), seed=seed, num_frames=self.num_frames)
         init.update(model)
-        gan = any(o["class_path"].endswith(".GAN") for o in init["objectives"])
+        gan = any(is_objective(o["class_path"], GAN) for o in init["objectives"])
         for objective in init["objectives"]:
             args = objective.setdefault("init_args", {})
             if "guidance_scale" in args:
                 args["guidance_scale"] = self.guidance_of(objective["class_path"])
             if gan and self.args.shared_gan_pass:  # the critic's flow loss from the discriminator's 2B pass
-                if objective["class_path"].endswith(".DMD"):
+                if is_objective(objective["class_path"], DMD):
                     args["train_critic"] = False
-                elif objective["class_path"].endswith(".GAN"):
+                elif is_objective(objective["class_path"], GAN):
                     args.update(shared_flow_pass=True, discriminator_update_every=5)
         cfg["data"]["init_args"].update(num_workers=0, **data)
         path = self.out / "configs" / f"{name}.yaml"
@@ -239,12 +251,12 @@ class Study:
                  "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
         data = a.data
         objectives = yaml.safe_load(Path(recipe).read_text())["model"]["init_args"]["objectives"]
-        if a.consistency_teacher == "causal" and any(o["class_path"].endswith(".ConsistencyDistillation")
+        if a.consistency_teacher == "causal" and any(is_objective(o["class_path"], ConsistencyDistillation)
                                                      for o in objectives):
             # the exact teacher's causal posterior is exact on its own samples: train on the trajectories' outputs
             causal = {"causal_teacher": True, "ground_truth": "ode_output"}
             model["objectives"] = [dict(o, init_args={**o.get("init_args", {}), **causal})
-                                   if o["class_path"].endswith(".ConsistencyDistillation") else o for o in objectives]
+                                   if is_objective(o["class_path"], ConsistencyDistillation) else o for o in objectives]
             data = str(self.trajectories())
         return self.config(f"{method}_seed{seed}", recipe, seed, a.iterations,
                            {"root": data, "batch_size": a.batch_size}, model, evaluate=True)
