@@ -33,7 +33,7 @@ import webdataset as wds
 
 from oneforcing.data.datamodule import _decode_skipping_corrupt
 from oneforcing.data.shards import read_index
-from oneforcing.evaluation.attributes import parse_caption
+from oneforcing.evaluation.attributes import one_object_attributes
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
 from oneforcing.models.toy_vocabulary import DIRECTIONS
 
@@ -72,7 +72,7 @@ def motion_along_caption(previous: torch.Tensor, predicted: torch.Tensor, true: 
     moved = {"1": [0.0, 0.0], "2+": [0.0, 0.0]}  # Σ predicted, Σ true displacement along the caption
     signs = []
     for n, caption in enumerate(captions):
-        unit = torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])
+        unit = torch.tensor(DIRECTIONS[one_object_attributes(caption)["direction"]])
         for k in range(previous.shape[1]):
             c_prev, c_pred, c_true = (centroid(v[n, k]) for v in (previous, predicted, true))
             if c_prev is None or c_true is None:

@@ -32,7 +32,7 @@ from oneforcing.lightning_modules.checkpoints import causal_generator_from  # no
 from oneforcing.sampling.schedules import student_sigmas  # noqa: E402
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators  # noqa: E402
 from oneforcing.data.toy_world import make_video  # noqa: E402
-from oneforcing.evaluation.attributes import measure_video, parse_caption  # noqa: E402
+from oneforcing.evaluation.attributes import measure_video, one_object_attributes  # noqa: E402
 from oneforcing.lightning_modules.checkpoints import load_trained_module  # noqa: E402
 from oneforcing.models.toy_vocabulary import DIRECTIONS  # noqa: E402
 
@@ -80,7 +80,7 @@ def motion(videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
     read = {"found": 0, "right": 0, "wrong": 0, "unread": 0}
     speeds, starts = [], []
     for video, caption in zip(videos, captions):
-        unit = torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])
+        unit = torch.tensor(DIRECTIONS[one_object_attributes(caption)["direction"]])
         normal = torch.stack([-unit[1], unit[0]])
         c = [point(frame) for frame in video]
         if c[0] is not None:  # where frame 0 puts the object along its motion: 0 the border it leaves, 1 the other
@@ -93,7 +93,7 @@ def motion(videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
         m = measure_video(video)
         read["found"] += m["found"]
         if m["found"]:
-            key = "unread" if m["direction"] is None else "right" if m["direction"] == parse_caption(caption)["direction"] else "wrong"
+            key = "unread" if m["direction"] is None else "right" if m["direction"] == one_object_attributes(caption)["direction"] else "wrong"
             read[key] += 1
         if m["speed"] is not None:
             speeds.append(m["speed"])
@@ -109,7 +109,7 @@ def displacement_along(first: torch.Tensor, second: torch.Tensor, captions: list
     for a, b, caption in zip(first, second, captions):
         p, q = point(a), point(b)
         if p is not None and q is not None:
-            moved.append(float(step(p, q) @ torch.tensor(DIRECTIONS[parse_caption(caption)["direction"]])))
+            moved.append(float(step(p, q) @ torch.tensor(DIRECTIONS[one_object_attributes(caption)["direction"]])))
     return sum(moved) / max(len(moved), 1)
 
 

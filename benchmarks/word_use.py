@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import parse_caption
+from oneforcing.evaluation.attributes import one_object_attributes
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
 from oneforcing.models.flow_matching import add_noise, velocity_target
 from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
@@ -29,7 +29,7 @@ VALUES = dict(size=tuple(SIZES), colour=tuple(COLOURS), shape=tuple(SHAPES), dir
 
 def swapped(caption: str, word: str, value: str) -> str:
     """The one-object caption with its ``word`` attribute set to ``value``."""
-    named = parse_caption(caption)
+    named = one_object_attributes(caption)
     named[word] = value
     return f"a {named['size']} {named['colour']} {named['shape']} moving {named['direction']} {named['speed']}"
 
@@ -80,7 +80,7 @@ def main() -> None:
         own = frame_losses(module, pixels, captions, args.frame, tuple(args.sigmas))
         others = []
         for value in VALUES[args.word]:
-            keep = [parse_caption(c)[args.word] != value for c in captions]
+            keep = [one_object_attributes(c)[args.word] != value for c in captions]
             loss = frame_losses(module, pixels, [swapped(c, args.word, value) for c in captions], args.frame,
                                 tuple(args.sigmas))
             others.append(torch.where(torch.tensor(keep), loss, torch.nan))

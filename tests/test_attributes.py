@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as nnf
 
 from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import attribute_accuracy, measure_video, parse_caption
+from oneforcing.evaluation.attributes import attribute_accuracy, measure_video, one_object_attributes
 
 NUM_REAL = 48  # one-object real videos (on 612 the measure reads colour 1.00, direction 1.00, shape 1.00)
 
@@ -32,15 +32,15 @@ def gaussian_blur(videos: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.reshape(B, F, C, H, W)
 
 
-def test_parse_caption_reads_one_object_captions_only():
-    assert parse_caption("a large red circle moving left quickly") == dict(
+def test_one_object_attributes_reads_one_object_captions_only():
+    assert one_object_attributes("a large red circle moving left quickly") == dict(
         size="large", colour="red", shape="circle", direction="left", speed="quickly"
     )
     two = "a small red circle moving left quickly and a large blue square moving up slowly"
-    assert parse_caption(two) is None
-    assert parse_caption("") is None
-    assert parse_caption("a large pink circle moving left quickly") is None  # not in the vocabulary
-    assert parse_caption("a large red blue circle moving left quickly") is None  # two colours
+    assert one_object_attributes(two) is None
+    assert one_object_attributes("") is None
+    assert one_object_attributes("a large pink circle moving left quickly") is None  # not in the vocabulary
+    assert one_object_attributes("a large red blue circle moving left quickly") is None  # two colours
 
 
 def test_real_videos_read_correctly(real):
@@ -55,7 +55,7 @@ def test_real_videos_read_correctly(real):
 def test_measure_video_reports_vocabulary_words(real):
     videos, captions = real
     result = measure_video(videos[0])
-    wanted = parse_caption(captions[0])
+    wanted = one_object_attributes(captions[0])
     assert result["found"] and {result[k] for k in ("colour", "shape")} <= {wanted["colour"], wanted["shape"]}
     assert 0.0 < result["area"] < 0.3 and result["speed"] > 0, result
 
@@ -78,7 +78,7 @@ def test_frozen_video_has_no_motion_and_no_object(real):
 
 def test_mirrored_video_reverses_horizontal_direction(real):
     videos, captions = real
-    horizontal = [i for i, c in enumerate(captions) if parse_caption(c)["direction"] in ("left", "right")]
+    horizontal = [i for i, c in enumerate(captions) if one_object_attributes(c)["direction"] in ("left", "right")]
     scores = attribute_accuracy(videos[horizontal].flip(-1), [captions[i] for i in horizontal])
     assert scores["direction"] <= 0.15 and scores["colour"] >= 0.95, scores
 
@@ -86,7 +86,7 @@ def test_mirrored_video_reverses_horizontal_direction(real):
 def test_swapped_channels_give_wrong_colours(real):
     videos, captions = real
     # (R, G, B) -> (G, B, R) sends every named colour but white to another name
-    coloured = [i for i, c in enumerate(captions) if parse_caption(c)["colour"] != "white"]
+    coloured = [i for i, c in enumerate(captions) if one_object_attributes(c)["colour"] != "white"]
     scores = attribute_accuracy(videos[coloured][:, :, [1, 2, 0]], [captions[i] for i in coloured])
     assert scores["colour"] == 0.0, scores
     assert scores["shape"] >= 0.9, scores  # the mask itself is unaffected

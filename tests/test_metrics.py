@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as nnf
 
 from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import parse_caption
+from oneforcing.evaluation.attributes import one_object_attributes
 from oneforcing.evaluation.feature_net import (
     ATTRIBUTE_CLASSES,
     DEFAULT_WEIGHTS,
@@ -104,7 +104,7 @@ def test_feature_net_reads_the_attributes_of_real_videos(net, real):
     # measured on 512 one-object videos: colour 1.00, direction 0.97, size 1.00, speed 0.99, shape 0.67
     for name, floor in {"colour": 0.9, "direction": 0.85, "size": 0.9, "speed": 0.9, "shape": 0.45}.items():
         predicted = [ATTRIBUTE_CLASSES[name][i] for i in logits[name].argmax(dim=1).tolist()]
-        wanted = [parse_caption(c)[name] for c in captions]
+        wanted = [one_object_attributes(c)[name] for c in captions]
         accuracy = np.mean([p == w for p, w in zip(predicted, wanted)])
         assert accuracy > floor, f"{name}: feature-net accuracy {accuracy:.2f} on real videos"
 

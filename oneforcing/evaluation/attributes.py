@@ -53,7 +53,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, FILLER_WORDS, SHAPES, SIZES, SPEEDS
+from oneforcing.data.toy_world import parse_caption
+from oneforcing.models.toy_vocabulary import COLOURS
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "direction", "shape")
 
@@ -71,27 +72,15 @@ class MeasureConfig:
     min_speed: float = 0.25 / 32  # mean |Δcentroid| per frame along the axis; slow objects move 1/32
 
 
-def parse_caption(caption: str) -> dict[str, str] | None:
-    """Attributes of a one-object caption ("a large red circle moving left quickly"); None otherwise.
-
-    Returns {"size", "colour", "shape", "direction", "speed"}; None for two-object captions, the empty
-    prompt, or any caption with a word outside the toy vocabulary.
-    """
-    groups = {"size": SIZES, "colour": COLOURS, "shape": SHAPES, "direction": DIRECTIONS, "speed": SPEEDS}
-    words = caption.lower().split()
-    if "and" in words:
+def one_object_attributes(caption: str) -> dict[str, str] | None:
+    """{"size", "colour", "shape", "direction", "speed"} of a one-object toy caption ("a large red circle moving left
+    quickly", read by the world's own ``parse_caption``); None for two-object captions, the empty prompt, or any
+    caption the world does not read (a word outside the toy vocabulary)."""
+    try:
+        objects = parse_caption(caption.lower())
+    except ValueError:
         return None
-    found: dict[str, str] = {}
-    for word in words:
-        group = next((name for name, vocabulary in groups.items() if word in vocabulary), None)
-        if group is None:
-            if word not in FILLER_WORDS:
-                return None
-        elif group in found:
-            return None  # two colours (or shapes, ...) in one phrase: not a one-object caption
-        else:
-            found[group] = word
-    return found if set(found) == set(groups) else None
+    return objects[0] if len(objects) == 1 else None
 
 
 def nearest_colour(rgb: torch.Tensor) -> str:
@@ -239,11 +228,11 @@ def attribute_accuracy(
         raise ValueError(
             f"{videos.shape[0]} videos but {len(captions)} captions; pass one caption per video."
         )
-    keep = [i for i, caption in enumerate(captions) if parse_caption(caption) is not None]
+    keep = [i for i, caption in enumerate(captions) if one_object_attributes(caption) is not None]
     if not keep:
         return {**{name: float("nan") for name in (*ATTRIBUTES, "found", "wrong_size")}, "videos": 0.0}
     measured = measure_videos(videos[keep], cfg)
-    wanted = [parse_caption(captions[i]) for i in keep]
+    wanted = [one_object_attributes(captions[i]) for i in keep]
     n = len(keep)
     scores = {name: sum(m[name] == w[name] for m, w in zip(measured, wanted)) / n for name in ATTRIBUTES}
     scores["found"] = sum(m["found"] for m in measured) / n
