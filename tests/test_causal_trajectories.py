@@ -20,8 +20,10 @@ from safetensors.torch import load_file, save_file
 from oneforcing.callbacks.export import export_weights
 from oneforcing.commands.data import build_parser
 from oneforcing.commands.data import write_toy_dataset
-from oneforcing.commands.trajectories import EXACT as EXACT_TEACHER
-from oneforcing.commands.trajectories import export_trajectories, sample_trajectory, teacher_forcing_velocity
+from oneforcing.commands.trajectories import export_trajectories
+from oneforcing.lightning_modules.trajectory_teachers import EXACT as EXACT_TEACHER
+from oneforcing.sampling.euler import teacher_forcing_velocity
+from oneforcing.sampling.trajectories import sample_trajectory
 from oneforcing.data.shards import decode_sample, encode_sample, read_index, write_shards
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule

@@ -30,7 +30,6 @@ from conftest import TINY_BACKBONE
 from safetensors.torch import save_file
 from torch import nn
 
-from oneforcing.commands.trajectories import sample_trajectory, snapshot_indices
 from oneforcing.data.exact_bank import ExactToyTeacher, caption_videos
 from oneforcing.evaluation.bank_metrics import bank_scores
 from oneforcing.lightning_modules.distillation import DistillationModule
@@ -44,6 +43,7 @@ from oneforcing.objectives.dmd import DMD
 from oneforcing.objectives.gan import GAN
 from oneforcing.objectives.sid import SiD
 from oneforcing.objectives.trajectory import TrajectoryDistillation
+from oneforcing.sampling.trajectories import sample_trajectory, snapshot_indices
 
 pytestmark = pytest.mark.slow  # 10-100 training iterations each (about 31 s for the file on one core)
 
