@@ -249,6 +249,8 @@ class Study:
         recipe, settings = METHODS[method]
         model = {"teacher_weights": None, "teacher": self.exact_teacher(), "critic_weights": a.teacher,
                  "generator_weights": str(ode), "generator_lr": a.lr, "critic_lr": a.lr, **settings}
+        if a.beta1 is not None:  # else the recipe's Adam betas
+            model["betas"] = [a.beta1, 0.999]
         data = a.data
         objectives = yaml.safe_load(Path(recipe).read_text())["model"]["init_args"]["objectives"]
         if a.consistency_teacher == "causal" and any(is_objective(o["class_path"], ConsistencyDistillation)
@@ -514,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=1000, help="iterations of each student")
     p.add_argument("--batch-size", type=int, default=4, help="students' batch size")
     p.add_argument("--lr", type=float, default=1e-4, help="students' generator and critic learning rate")
+    p.add_argument("--beta1", type=float, default=None,
+                   help="students' Adam β₁ (β₂ 0.999; default: the recipe's, 0 for the DMD family as the papers)")
     p.add_argument("--guidance-scale", type=float, default=1.0,
                    help="w of the exact teacher's CFG in the trajectories, DMD and consistency (1: the bank's own "
                         "distribution)")

@@ -65,6 +65,16 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     assert cfg["data"]["init_args"]["batch_size"] == 4 and cfg["data"]["init_args"]["root"] == str(tmp_path / "toy6")
 
 
+def test_beta1_sets_the_students_adam_betas_and_the_recipes_stay_otherwise(toy_study, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    recipe = yaml.safe_load((REPO / toy_study.METHODS["sf_dmd_4step"][0]).read_text())["model"]["init_args"]
+    for extra, betas in (((), recipe["betas"]), (("--beta1", "0.9", "--lr", "3e-4"), [0.9, 0.999])):
+        study = toy_study.Study(study_args(toy_study, tmp_path, *extra))
+        init = yaml.safe_load(study.config_of("sf_dmd_4step", 0, Path("ode.safetensors")).read_text())["model"]["init_args"]
+        assert init["betas"] == betas
+    assert init["generator_lr"] == init["critic_lr"] == 3e-4
+
+
 @pytest.mark.parametrize("method, window, first", [("of_framewise_1step", 4, None), ("of_framewise_1step_ffe", 4, 2),
                                                    ("of_chunkwise_1step", None, None), ("of_chunkwise_1step_ffe", None, 3)])
 def test_frame_counts_are_scaled_to_the_data_length(toy_study, tmp_path, monkeypatch, method, window, first):
