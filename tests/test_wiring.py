@@ -311,6 +311,7 @@ def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(f
             assert torch.equal(x[b, f], trajectory[b, index[b, f], f])
     if flavour == "bidirectional":
         assert torch.equal(index[:, 0], index[:, 1]) and torch.equal(index[:, 2], index[:, 3]), "one index per block"
+        assert bool((index[:, 0] != index[:, 2]).any()), "each block draws its own snapshot (not one per sample)"
         v = generator.expected(x, sigma, contexts()[0])
     else:
         assert bool((index == index[:, :1]).all()), "one index for every frame"
@@ -318,6 +319,26 @@ def test_trajectory_loss_regresses_the_snapshot_prediction_onto_the_ode_output(f
         v = generator.expected_teacher_forcing(x, sigma, contexts()[0], clean)
     prediction = x - per_sample(sigma, x) * v
     assert torch.allclose(loss, (prediction - ode_output).square().mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("flavour", ["bidirectional", "teacher_forcing"])
+def test_trajectory_snapshots_are_drawn_from_the_step_s_generator_only(flavour):
+    """The snapshot draw comes from ctx.rng (checkpointed, per rank), not torch's global generator: the same ctx seed
+    gives the same loss whatever the global state, another seed another one."""
+    g = torch.Generator().manual_seed(0)
+    batch = {"trajectory": torch.randn(B, 4, NF, C, H, W, generator=g),
+             "trajectory_sigmas": torch.tensor([1.0, 0.9, 0.7, 0.5]).repeat(B, 1),
+             "ode_output": torch.randn(B, NF, C, H, W, generator=g)}
+    real = torch.randn(B, NF, C, H, W, generator=g)
+
+    def loss(ctx_seed: int, global_seed: int) -> float:
+        torch.manual_seed(global_seed)
+        ctx = context_for(batch["ode_output"], {"generator": StubFullSequence(block_size=2)}, real=real, batch=batch,
+                          seed=ctx_seed)
+        return float(TrajectoryDistillation(flavour=flavour).generator_loss(ctx)[0])
+
+    assert loss(11, 0) == loss(11, 1) == loss(11, 2)
+    assert len({loss(seed, 0) for seed in range(6)}) > 1
 
 
 def test_trajectory_clean_context_is_validated_against_the_flavour_and_the_data():
