@@ -22,7 +22,7 @@ demo: $(VENV)/installed
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not engines and not browser"
 
-# The fast tier while editing (about 90 s): no subprocess, no multi-step training.
+# The fast tier while editing (about 2 min on 2 cores): no subprocess, no multi-step training.
 test-fast: $(VENV)/installed
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not engines and not browser"
 
