@@ -253,7 +253,8 @@ class DistillationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
         index = getattr(datamodule, "train_index", None) if datamodule is not None else None
-        problems = [p for o in self.objectives for p in o.check_data(index, self.view())]
+        view = self.view()
+        problems = [p for o in self.objectives for p in o.check_data(index, view)]
         if isinstance(datamodule, ShardDataModule) and index is not None:
             problems += self._adopt_cached_prompts(datamodule, index)
         if problems:
@@ -356,17 +357,20 @@ class DistillationModule(L.LightningModule):
         with a non-finite loss is skipped (counted by the guard). Returns whether any backward ran, and the logs
         averaged over the micro-batches."""
         draws, logs, backward, synced = [], {}, False, False
+        steps = None  # the engine's role steps, looked up once, when a backward needs them
         for k, (batch, context, uncond) in enumerate(micro_batches):
             loss, step_logs = self.step_loss(side, batch, context, uncond, draws)
             for key, value in step_logs.items():
                 logs[key] = logs.get(key, 0.0) + value.detach() / len(micro_batches)
             if self.nonfinite.is_finite(self, loss, side) and loss.requires_grad:
                 last = k == len(micro_batches) - 1
-                with contextlib.nullcontext() if last else self._steps().no_gradient_sync():
+                if not last:
+                    steps = steps or self._steps()
+                with contextlib.nullcontext() if last else steps.no_gradient_sync():
                     self.manual_backward(loss / len(micro_batches))
                 backward, synced = True, last
         if backward and not synced:
-            self._steps().sync_accumulated_gradients(self)
+            (steps or self._steps()).sync_accumulated_gradients(self)
         return backward, logs
 
     def _steps(self):

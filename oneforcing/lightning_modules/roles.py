@@ -18,13 +18,10 @@ def build_roles(module, load_weights: bool = True) -> None:
     """The roles ``module``'s objectives need, their initial weights loaded unless ``load_weights`` is False (e.g. on
     the meta device, where ``oneforcing plan`` builds them to count their sizes), LoRA and checkpointing applied."""
     hp = module.hparams
-    module.generator = CausalWanBackbone(module.backbone_config, block_size=hp.block_size,
-                                         first_block_size=hp.first_block_size)
-    generator_init = hp.generator_weights or hp.model_dir or hp.teacher_weights
-    if generator_init and load_weights:
-        module.generator.load_weights(generator_init)
-    if module.generator_lora:
-        apply_lora(module.generator, module.generator_lora)
+    module.generator = _started(CausalWanBackbone(module.backbone_config, block_size=hp.block_size,
+                                                  first_block_size=hp.first_block_size),
+                                hp.generator_weights or hp.model_dir or hp.teacher_weights, module.generator_lora,
+                                load_weights)
     if module.teacher is not None:
         module.teacher.requires_grad_(False).eval()
     elif "teacher" in module.roles:
@@ -33,12 +30,8 @@ def build_roles(module, load_weights: bool = True) -> None:
             module.teacher.load_weights(hp.teacher_weights or hp.model_dir)
         module.teacher.requires_grad_(False).eval()
     if "critic" in module.roles:
-        module.critic = WanBackbone(module.backbone_config)
-        critic_init = hp.critic_weights or hp.model_dir or hp.teacher_weights
-        if critic_init and load_weights:
-            module.critic.load_weights(critic_init)
-        if module.critic_lora:
-            apply_lora(module.critic, module.critic_lora)
+        module.critic = _started(WanBackbone(module.backbone_config),
+                                 hp.critic_weights or hp.model_dir or hp.teacher_weights, module.critic_lora, load_weights)
     if hp.ema_start is not None:
         module.generator_ema = copy.deepcopy(module.generator).requires_grad_(False)
     trainable = {"generator": module.generator, "critic": module.critic}
@@ -46,6 +39,15 @@ def build_roles(module, load_weights: bool = True) -> None:
         trainable[role].enable_activation_checkpointing()
     for objective in module.objectives:
         objective.configure(module.critic)
+
+
+def _started(role: nn.Module, weights: str | None, lora, load_weights: bool) -> nn.Module:
+    """A trainable role with its initial ``weights`` (when given and loading) and its LoRA adapters (when set)."""
+    if weights and load_weights:
+        role.load_weights(weights)
+    if lora:
+        apply_lora(role, lora)
+    return role
 
 
 def shard_units(module) -> list[nn.Module]:
