@@ -148,6 +148,10 @@ def main() -> None:
     p.add_argument("--solver", choices=["renoise", "euler"], default=None,
                    help="the sampler update (default: the checkpoint's; checkpoints from before it was recorded "
                         "read as renoise)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="sample in another block layout than the one trained (default: the checkpoint's)")
+    p.add_argument("--first-block-size", type=int, default=None,
+                   help="the first block's size with --block-size or alone (default: the checkpoint's)")
     p.add_argument("--num-frames", type=int, default=6)
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--speed-scale", type=float, default=1.0, help="the world variant the students learned")
@@ -166,6 +170,10 @@ def main() -> None:
             module.hparams.warp_shift = args.shift
         if args.solver is not None:
             module.hparams.solver = args.solver
+        if args.block_size is not None:
+            module.hparams.block_size = args.block_size
+        if args.first_block_size is not None:
+            module.hparams.first_block_size = args.first_block_size
         videos = sample(module, captions, seed=0, steps=args.steps, batch_size=args.count)
         rows.append((checkpoint, motion(videos, captions)))
         continued.append((checkpoint, continuation(module, real, captions, args.steps),
