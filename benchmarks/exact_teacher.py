@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from oneforcing.data.exact_bank import BANK_SEED, caption_videos, one_object_captions
-from oneforcing.models.codecs import SpaceToDepthCodec
-from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.models.text_encoders import ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.exact_bank import BANK_SEED, caption_videos, one_object_captions
+from oneforcing.toy.exact_teacher import ExactTeacher
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 TOY = WanConfig(num_layers=6, num_attention_heads=4, attention_head_dim=32, ffn_dim=512, text_dim=46)
 LATENT = (12, 12, 16, 16)  # (F, C, H, W): 12 frames of 32×32 pixels through the space-to-depth codec

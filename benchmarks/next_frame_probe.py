@@ -33,9 +33,9 @@ import webdataset as wds
 
 from oneforcing.data.datamodule import _decode_skipping_corrupt
 from oneforcing.data.shards import read_index
-from oneforcing.evaluation.attributes import one_object_attributes
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
-from oneforcing.models.toy_vocabulary import DIRECTIONS
+from oneforcing.toy.attributes import one_object_attributes
+from oneforcing.toy.vocabulary import DIRECTIONS
 
 
 def load_trajectories(root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

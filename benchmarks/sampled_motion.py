@@ -29,12 +29,12 @@ from next_frame_probe import centroid  # noqa: E402
 
 from oneforcing.commands.evaluate import sample  # noqa: E402
 from oneforcing.lightning_modules.checkpoints import causal_generator_from  # noqa: E402
+from oneforcing.lightning_modules.checkpoints import load_trained_module  # noqa: E402
 from oneforcing.sampling.schedules import student_sigmas  # noqa: E402
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators  # noqa: E402
-from oneforcing.data.toy_world import make_video  # noqa: E402
-from oneforcing.evaluation.attributes import measure_video, one_object_attributes  # noqa: E402
-from oneforcing.lightning_modules.checkpoints import load_trained_module  # noqa: E402
-from oneforcing.models.toy_vocabulary import DIRECTIONS  # noqa: E402
+from oneforcing.toy.attributes import measure_video, one_object_attributes  # noqa: E402
+from oneforcing.toy.vocabulary import DIRECTIONS  # noqa: E402
+from oneforcing.toy.world import make_video  # noqa: E402
 
 
 WRAP = {"on": False}  # the torus world variant: centroids as circular means, displacements to the nearest image

@@ -2,7 +2,7 @@
 
 For N deterministic one-object prompts (``random_caption`` on a seeded numpy generator) the module samples
 one video each with its ``generate()`` (Euler + CFG; 48 steps by default), and the toy world renders one
-real video per prompt. Both sets are read by ``oneforcing.evaluation.attributes`` (colour / direction /
+real video per prompt. Both sets are read by ``oneforcing.toy.attributes`` (colour / direction /
 shape / found / wrong-sized); the real row is the measure's ceiling on these prompts. Also reported: the
 evaluation's ``sharpness_ratio`` (the Laplacian's energy at each frame's edges, generated over real; 1 = as sharp,
 blur < 1): measured at the edges, because on the default flat background a whole-frame measure reads faint
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oneforcing.data.toy_world import make_video, random_caption
-from oneforcing.evaluation.attributes import ATTRIBUTES, attribute_accuracy
 from oneforcing.evaluation.metrics import edge_sharpness, sharpness_ratio
 from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.toy.attributes import ATTRIBUTES, attribute_accuracy
+from oneforcing.toy.world import make_video, random_caption
 from oneforcing.video_io import video_grid, write_video
 
 

@@ -30,10 +30,10 @@ import argparse
 
 import torch
 
-from oneforcing.data.toy_world import make_video
 from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.models.flow_matching import add_noise, x0_from_velocity
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS
+from oneforcing.toy.world import make_video
 
 _BY_MOTION = {motion: name for name, motion in DIRECTIONS.items()}
 OPPOSITE = {d: _BY_MOTION[(-dx, -dy)] for d, (dx, dy) in DIRECTIONS.items()}  # left -> right, up -> down

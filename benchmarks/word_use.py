@@ -17,11 +17,11 @@ import argparse
 
 import torch
 
-from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import one_object_attributes
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module
 from oneforcing.models.flow_matching import add_noise, velocity_target
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.toy.attributes import one_object_attributes
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.toy.world import make_video
 
 VALUES = dict(size=tuple(SIZES), colour=tuple(COLOURS), shape=tuple(SHAPES), direction=tuple(DIRECTIONS),
               speed=tuple(SPEEDS))

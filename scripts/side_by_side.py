@@ -16,8 +16,8 @@ import argparse
 
 import torch
 
-from oneforcing.data.exact_bank import caption_videos
 from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.toy.exact_bank import caption_videos
 from oneforcing.video_io import video_grid, write_video
 
 

@@ -113,7 +113,7 @@ class Study:
         self.commands: list[str] = []
 
     def exact_teacher(self) -> dict:
-        return {"class_path": "oneforcing.data.exact_bank.ExactToyTeacher",
+        return {"class_path": "oneforcing.toy.exact_bank.ExactToyTeacher",
                 "init_args": {"bank_size_per_caption": self.args.bank_size, "spatial_factor": self.spatial_factor,
                               "num_frames": self.num_frames}}
 
@@ -125,7 +125,7 @@ class Study:
     @property
     def spatial_factor(self) -> int:
         """The toy codec's factor of the recipes (their backbone's in_channels = 3·f²), for the exact teacher."""
-        from oneforcing.models.codecs import SpaceToDepthCodec
+        from oneforcing.toy.codec import SpaceToDepthCodec
 
         recipe = yaml.safe_load(Path(METHODS["sf_dmd_1step"][0]).read_text())
         return SpaceToDepthCodec.matching(recipe["model"]["init_args"]["backbone"]["in_channels"]).factor
@@ -186,7 +186,7 @@ class Study:
                      {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"save_last": True, "every_n_train_steps": every}}]
         if evaluate:
-            callbacks.append({"class_path": "oneforcing.callbacks.evaluation.ToyEvaluation",
+            callbacks.append({"class_path": "oneforcing.toy.evaluation_callback.ToyEvaluation",
                               "init_args": {"every_n_steps": every, "num_videos": self.args.eval_videos,
                                             "seed": seed, "bank_size": self.args.bank_size}})
         trainer["callbacks"] = callbacks

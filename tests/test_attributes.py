@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import attribute_accuracy, measure_video, one_object_attributes
+from oneforcing.toy.attributes import attribute_accuracy, measure_video, one_object_attributes
+from oneforcing.toy.world import make_video
 
 NUM_REAL = 48  # one-object real videos (on 612 the measure reads colour 1.00, direction 1.00, shape 1.00)
 

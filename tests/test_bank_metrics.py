@@ -9,15 +9,15 @@ import lightning as L
 import pytest
 import torch
 
-from oneforcing.callbacks.evaluation import ToyEvaluation
 from oneforcing.callbacks.export import export_weights
 from oneforcing.commands.compare import compare
 from oneforcing.commands.evaluate import evaluate_checkpoint
-from oneforcing.data.exact_bank import ExactToyTeacher, caption_videos
-from oneforcing.evaluation.bank_metrics import bank_scores, ideal_coverage, nearest_bank_videos, rms_distances
-from oneforcing.evaluation.toy_evaluation import bank_set, real_toy_set
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.toy.bank_metrics import bank_scores, ideal_coverage, nearest_bank_videos, rms_distances
+from oneforcing.toy.evaluation import bank_set, real_toy_set
+from oneforcing.toy.evaluation_callback import ToyEvaluation
+from oneforcing.toy.exact_bank import ExactToyTeacher, caption_videos
 
 from conftest import TINY_BACKBONE
 

@@ -21,18 +21,18 @@ from oneforcing.callbacks.export import export_weights
 from oneforcing.commands.data import build_parser
 from oneforcing.commands.data import write_toy_dataset
 from oneforcing.commands.trajectories import export_trajectories
-from oneforcing.lightning_modules.trajectory_teachers import EXACT as EXACT_TEACHER
-from oneforcing.sampling.euler import teacher_forcing_velocity
-from oneforcing.sampling.trajectories import sample_trajectory
 from oneforcing.data.shards import decode_sample, encode_sample, read_index, write_shards
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.lightning_modules.trajectory_teachers import EXACT as EXACT_TEACHER
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.codecs import SpaceToDepthCodec
 from oneforcing.models.flow_matching import euler_sigmas
-from oneforcing.models.text_encoders import ToyTextEncoder
 from oneforcing.models.wan import WanConfig
 from oneforcing.objectives.diffusion import CausalDiffusion
+from oneforcing.sampling.euler import teacher_forcing_velocity
+from oneforcing.sampling.trajectories import sample_trajectory
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 TINY = dict(TINY_BACKBONE, in_channels=12, out_channels=12, text_dim=46)
 STEPS, SHIFT, W = 8, 5.0, 6.0
@@ -349,7 +349,7 @@ def test_causal_forcing_chain_runs_through_the_cli(teachers, toy_data, tmp_path)
 
 def test_the_exact_teachers_trajectories_end_on_bank_videos_of_their_caption(toy_data, tmp_path):
     """--teacher exact: the ODE of the bank's posterior mean lands on one of the caption's bank videos."""
-    from oneforcing.data.exact_bank import caption_videos
+    from oneforcing.toy.exact_bank import caption_videos
 
     source = copy_split(toy_data / "train", tmp_path / "src", 3)
     index, samples = export(EXACT_TEACHER, source, tmp_path / "out", num_videos=3, bank_size=3, bank_seed=7)
@@ -373,7 +373,7 @@ def test_the_exact_teachers_trajectories_end_on_bank_videos_of_their_caption(toy
 def test_the_exact_teachers_autoregressive_trajectories_are_causal_and_end_on_bank_videos(toy_data, tmp_path):
     """--autoregressive: frame by frame over its own frames; the index says so, outputs are bank videos, and the
     snapshots at σ = 1 are the noise itself (each frame's integration starts there)."""
-    from oneforcing.data.exact_bank import caption_videos
+    from oneforcing.toy.exact_bank import caption_videos
 
     source = copy_split(toy_data / "train", tmp_path / "src", 2)
     index, samples = export(EXACT_TEACHER, source, tmp_path / "out", num_videos=2, bank_size=3, bank_seed=7,

@@ -250,7 +250,7 @@ def test_every_engine_role_carries_its_prefix_and_the_module_s_micro_batches():
 
 def test_an_exact_teacher_is_neither_sharded_nor_partitioned():
     """Its bank and tables are buffers, not parameters: no FSDP unit, no ZeRO-3 engine; the EMA still is one."""
-    from oneforcing.models.exact_teacher import ExactTeacher
+    from oneforcing.toy.exact_teacher import ExactTeacher
 
     module = one_forcing_module()
     wan_units = len(module.shard_units())

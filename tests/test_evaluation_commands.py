@@ -8,13 +8,13 @@ import lightning as L
 import pytest
 import torch
 
-from oneforcing.callbacks.evaluation import ToyEvaluation
 from oneforcing.callbacks.export import export_weights
 from oneforcing.commands.compare import compare
 from oneforcing.commands.evaluate import evaluate_checkpoint, real_toy_set, resolve_checkpoint
 from oneforcing.commands.vbench import export_vbench, vbench_name
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.lightning_modules.teacher import TeacherModule
+from oneforcing.toy.evaluation_callback import ToyEvaluation
 
 from conftest import TINY_BACKBONE
 
@@ -73,7 +73,7 @@ def test_evaluate_and_compare_refuse_bad_inputs_clearly(exports, tmp_path):
 
 
 def test_a_checkpoint_of_the_wrong_model_kind_is_named(tmp_path):
-    checkpoint = {"state_dict": {}, "hyper_parameters": {"_class_path": "oneforcing.lightning_modules.feature_net.FeatureNetModule"}}
+    checkpoint = {"state_dict": {}, "hyper_parameters": {"_class_path": "oneforcing.toy.feature_net_module.FeatureNetModule"}}
     torch.save(checkpoint, tmp_path / "features.ckpt")
     with pytest.raises(ValueError, match="holds a FeatureNetModule"):
         evaluate_checkpoint(tmp_path / "features.ckpt", tmp_path / "e", "s", num_videos=4)

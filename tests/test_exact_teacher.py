@@ -12,18 +12,18 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY_TOY
 from oneforcing.callbacks.export import export_weights
-from oneforcing.data.exact_bank import ExactToyTeacher, caption_videos, one_object_captions
-from oneforcing.data.toy_world import make_video_of
-from oneforcing.evaluation.attributes import attribute_accuracy
 from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.lightning_modules.distillation import DistillationModule
-from oneforcing.models.codecs import SpaceToDepthCodec
-from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.flow_matching import add_noise, euler_sigmas
-from oneforcing.models.text_encoders import ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.dmd import DMD
 from oneforcing.sampling.euler import euler_sample, guided_velocity
+from oneforcing.toy.attributes import attribute_accuracy
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.exact_bank import ExactToyTeacher, caption_videos, one_object_captions
+from oneforcing.toy.exact_teacher import ExactTeacher
+from oneforcing.toy.text_encoder import ToyTextEncoder
+from oneforcing.toy.world import make_video_of
 
 RED = "a large red circle moving left quickly"
 BLUE = "a small blue square moving up slowly"
@@ -240,7 +240,7 @@ def test_one_config_change_puts_the_exact_teacher_in_a_toy_recipe(tmp_path, monk
   init_args:
     teacher_weights: null
     teacher:
-      class_path: oneforcing.data.exact_bank.ExactToyTeacher
+      class_path: oneforcing.toy.exact_bank.ExactToyTeacher
       init_args: {{bank_size_per_caption: 2, captions: ["{RED}"]}}
     critic_weights: assets/toy_teacher.safetensors
     generator_weights: assets/toy_teacher.safetensors

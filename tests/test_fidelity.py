@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 from conftest import TINY_TOY
 from oneforcing.lightning_modules.distillation import DistillationModule
-from oneforcing.models.text_encoders import WAN_NEGATIVE_PROMPT, ToyTextEncoder
+from oneforcing.models.text_encoders import WAN_NEGATIVE_PROMPT
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.objectives.dmd import DMD
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(TINY_TOY)

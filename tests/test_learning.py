@@ -7,7 +7,7 @@ fails a test even when every formula is right (docs/mutation_testing.md, "Learni
 
 The micro world: 2 captions, 2 frames of 16×16, and the exact teacher (``ExactToyTeacher``) over 4 bank videos per
 caption as the teacher, the real score and the source of training videos. The distance to the world is the bank
-precision (``oneforcing.evaluation.bank_metrics``: RMS distance of the student's samples to the nearest bank video
+precision (``oneforcing.toy.bank_metrics``: RMS distance of the student's samples to the nearest bank video
 of their caption) or, for the regression objectives, the loss on held-out targets; the GAN's discriminator is
 judged by how far it tells held-out videos from the student's samples. Each margin was measured over
 seeds 0-4 (the student's weights, data and noise; the figures are in the comment above each assertion); the tests
@@ -30,8 +30,6 @@ from conftest import TINY_BACKBONE
 from safetensors.torch import save_file
 from torch import nn
 
-from oneforcing.data.exact_bank import ExactToyTeacher, caption_videos
-from oneforcing.evaluation.bank_metrics import bank_scores
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.models.flow_matching import (add_noise, euler_sigmas, velocity_target, warped_step_sigmas,
                                              x0_from_velocity)
@@ -44,6 +42,8 @@ from oneforcing.objectives.gan import GAN
 from oneforcing.objectives.sid import SiD
 from oneforcing.objectives.trajectory import TrajectoryDistillation
 from oneforcing.sampling.trajectories import sample_trajectory, snapshot_indices
+from oneforcing.toy.bank_metrics import bank_scores
+from oneforcing.toy.exact_bank import ExactToyTeacher, caption_videos
 
 pytestmark = pytest.mark.slow  # 10-100 training iterations each (about 31 s for the file on one core)
 

@@ -127,7 +127,7 @@ def test_after_a_switch_the_study_student_draws_the_new_prompt():
     old one and is exactly the new one in half or more (measured: 11 and 6 of 12; chance 1 in 8 for the new colour;
     the student's colour accuracy is 0.78 on its own 6 frames and these frames are past its training length)."""
     from oneforcing.commands.serve import load_student
-    from oneforcing.evaluation.attributes import measure_video
+    from oneforcing.toy.attributes import measure_video
 
     student, _ = load_student(STUDENT)
     old_ok = left = new_ok = 0

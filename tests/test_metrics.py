@@ -8,26 +8,26 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from oneforcing.data.toy_world import make_video
-from oneforcing.evaluation.attributes import one_object_attributes
-from oneforcing.evaluation.feature_net import (
-    ATTRIBUTE_CLASSES,
-    DEFAULT_WEIGHTS,
-    VideoFeatureNet,
-    load_feature_net,
-)
 from oneforcing.evaluation.metrics import (
     check_videos,
     drift,
     drift_curve,
     dynamics_ratio,
-    evaluate_videos,
     flicker,
     frechet_and_kid,
     per_frame_curves,
     sharpness_ratio,
     temporal_consistency,
 )
+from oneforcing.toy.attributes import one_object_attributes
+from oneforcing.toy.evaluation import evaluate_videos
+from oneforcing.toy.feature_net import (
+    ATTRIBUTE_CLASSES,
+    DEFAULT_WEIGHTS,
+    VideoFeatureNet,
+    load_feature_net,
+)
+from oneforcing.toy.world import make_video
 
 N = 24  # videos per set: enough for FD to separate good from bad, few enough to stay fast
 

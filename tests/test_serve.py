@@ -5,11 +5,11 @@ import torch
 from starlette.testclient import TestClient
 
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.codecs import SpaceToDepthCodec
-from oneforcing.models.text_encoders import ToyTextEncoder
 from oneforcing.models.wan import WanConfig
 from oneforcing.sampling.streaming import StreamingSampler
 from oneforcing.serving.app import Student, create_app
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 RED = "a large red circle moving right slowly"
 BLUE = "a small blue square moving up quickly"

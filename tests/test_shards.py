@@ -16,7 +16,7 @@ from conftest import TINY_FRAMES, TINY_SEED, TINY_SIZE, TINY_TRAIN_VIDEOS, TINY_
 from oneforcing.commands.data import VAL_SEED_OFFSET
 from oneforcing.data.datamodule import ShardDataModule
 from oneforcing.data.shards import read_index
-from oneforcing.data.toy_world import make_video
+from oneforcing.toy.world import make_video
 
 
 def expected_pixels(seed: int, key: str) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oneforcing.models.codecs import SpaceToDepthCodec
-from oneforcing.models.text_encoders import ToyTextEncoder
-from oneforcing.models.toy_vocabulary import VOCABULARY
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.text_encoder import ToyTextEncoder
+from oneforcing.toy.vocabulary import VOCABULARY
 
 
 def test_toy_encoder_is_deterministic_and_zero_padded():
@@ -72,7 +72,7 @@ def test_space_to_depth_rejects_indivisible_frames():
 def test_the_toy_codec_follows_the_backbone_channels():
     """A toy backbone's in_channels records its codec, so exported weights rebuild with it: 12 -> ×2, 48 -> ×4."""
     from oneforcing.lightning_modules.teacher import TeacherModule
-    from oneforcing.models.codecs import SpaceToDepthCodec
+    from oneforcing.toy.codec import SpaceToDepthCodec
 
     assert [SpaceToDepthCodec.matching(c).factor for c in (3, 12, 27, 48, 16)] == [1, 2, 3, 4, 2]
     tiny = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, ffn_dim=16, text_dim=46)

@@ -43,7 +43,7 @@ def test_student_config_is_the_recipe_with_the_study_settings(toy_study, tmp_pat
     recipe = yaml.safe_load((REPO / toy_study.METHODS[method][0]).read_text())
     init = cfg["model"]["init_args"]
     assert init["teacher_weights"] is None
-    assert init["teacher"]["class_path"] == "oneforcing.data.exact_bank.ExactToyTeacher"
+    assert init["teacher"]["class_path"] == "oneforcing.toy.exact_bank.ExactToyTeacher"
     factor = round((recipe["model"]["init_args"]["backbone"]["in_channels"] / 3) ** 0.5)  # the recipe's codec
     assert init["teacher"]["init_args"] == {"bank_size_per_caption": 16, "spatial_factor": factor, "num_frames": 6}
     assert init["num_frames"] == 6  # the data's length (its index), not the recipe's 12

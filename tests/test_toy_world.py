@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oneforcing.data.toy_world import (
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS, SPEEDS, VOCABULARY
+from oneforcing.toy.world import (
     START_SPAN,
     _shape_coverage,
     make_video,
@@ -13,7 +14,6 @@ from oneforcing.data.toy_world import (
     parse_caption,
     random_caption,
 )
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SPEEDS, VOCABULARY
 
 
 def phrases(attributes: dict) -> list[str]:
@@ -200,7 +200,7 @@ def test_object_pixels_have_the_named_colour():
 def test_world_variants_speed_scale_and_torus():
     """speed_scale multiplies the named speeds; wrap puts the object anywhere on a torus, moving without bounces,
     with its area kept when it crosses a side."""
-    from oneforcing.data.toy_world import make_video
+    from oneforcing.toy.world import make_video
 
     base, fast = make_video(0, 5, num_frames=6), make_video(0, 5, num_frames=6, speed_scale=4)
     assert fast.caption == base.caption
@@ -227,7 +227,7 @@ def test_world_variants_speed_scale_and_torus():
 def test_trail_variant_draws_a_fading_copy_behind_the_object_and_nothing_ahead():
     """With trail=True each frame shows where the object was over the last frame interval, fainter with lag, and
     nothing where it is going: one frame tells the direction. The object itself and its track are unchanged."""
-    from oneforcing.data.toy_world import TRAIL, make_video
+    from oneforcing.toy.world import TRAIL, make_video
 
     checked = 0
     for index in range(60):

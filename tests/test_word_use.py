@@ -3,8 +3,8 @@
 import torch
 from conftest import load_script
 
-from oneforcing.data.toy_world import make_video
 from oneforcing.lightning_modules.checkpoints import load_trained_module
+from oneforcing.toy.world import make_video
 
 STUDENT = "docs/study/of_framewise_1step_ffe_seed0/weights.safetensors"
 

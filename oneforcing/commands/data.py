@@ -15,8 +15,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.progress import track
 
-from oneforcing.data.shards import iterate_toy_samples, write_shards
-from oneforcing.data.toy_world import BACKGROUNDS
+from oneforcing.data.shards import write_shards
+from oneforcing.toy.shards import iterate_toy_samples
+from oneforcing.toy.world import BACKGROUNDS
 
 VAL_SEED_OFFSET = 1_000_003  # the val split is a disjoint stream of the same world
 

@@ -31,13 +31,13 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from safetensors.torch import save_file
 
-from oneforcing.data.exact_bank import BANK_SEED, ExactTeacherSampler
-from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, Generate,
-                                                  bank_set, real_toy_set, sample_in_batches, score_bank)
 from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
 from oneforcing.lightning_modules.distillation import DistillationModule
 from oneforcing.sampling.schedules import student_sigmas
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
+from oneforcing.toy.evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, Generate, bank_set,
+                                      evaluate_videos, real_toy_set, sample_in_batches, score_bank)
+from oneforcing.toy.exact_bank import BANK_SEED, ExactTeacherSampler
 from oneforcing.video_io import atomic_write_bytes, gif_bytes, video_grid
 
 GRID_PROMPTS = 8    # prompts kept as samples for the comparison's GIF grid
@@ -164,8 +164,8 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, label: str, seed: int = 0, 
                         samples_per_caption: int = SAMPLES_PER_CAPTION, bank_size: int = BANK_SIZE,
                         bank_seed: int = BANK_SEED, exact_frames: int | None = None) -> dict:
     """Generate, score and write the report; returns it."""
-    from oneforcing.evaluation.feature_net import load_feature_net
-    from oneforcing.evaluation.metrics import evaluate_videos, per_frame_curves
+    from oneforcing.evaluation.metrics import per_frame_curves
+    from oneforcing.toy.feature_net import load_feature_net
 
     if num_videos < 2:
         raise ValueError(f"--num-videos={num_videos}: the distribution metrics need at least 2 videos.")

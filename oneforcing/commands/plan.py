@@ -25,8 +25,8 @@ from oneforcing.engines.memory import (DEEPSPEED_MAX_LIVE, DEEPSPEED_PERSISTENCE
                                        EngineSettings, Plan, RoleSizes, state_bytes, traced_peak)
 from oneforcing.lightning_cli import OneForcingCLI
 from oneforcing.lightning_modules.distillation import DistillationModule
-from oneforcing.models.exact_teacher import ExactTeacher
 from oneforcing.models.wan import WanBackbone
+from oneforcing.toy.exact_teacher import ExactTeacher
 
 GIB = 2 ** 30
 ROWS = (("parameters", "parameters (generator, critic, heads)"), ("teacher", "frozen teacher"), ("ema", "EMA"),

@@ -8,7 +8,7 @@ Member names inside a sample: ``pixels.safetensors`` (uint8 (F, 3, H, W)) and/or
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -98,15 +98,3 @@ def read_index(split_dir: str | Path) -> dict:
     if missing:
         raise FileNotFoundError(f"Shard directory {root} is missing shards listed in {INDEX_FILE}: {missing[:5]}.")
     return index
-
-
-def iterate_toy_samples(seed: int, num_videos: int, num_frames: int, size: int, max_objects: int = 1,
-                        background: str = "flat", speed_scale: float = 1.0, wrap: bool = False,
-                        trail: bool = False) -> Iterator[dict]:
-    """Member dicts of the toy world's videos 0..num_videos-1 (deterministic in seed)."""
-    from oneforcing.data.toy_world import make_video
-
-    for i in range(num_videos):
-        video = make_video(seed, i, num_frames=num_frames, size=size, max_objects=max_objects, background=background,
-                           speed_scale=speed_scale, wrap=wrap, trail=trail)
-        yield encode_sample(f"{i:08d}", {"pixels": torch.from_numpy(video.pixels)}, video.caption, video.attributes)

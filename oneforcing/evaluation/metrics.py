@@ -1,4 +1,4 @@
-"""Toy-world video metrics: distribution distances, sharpness, motion, flicker, drift, attributes.
+"""Video metrics: distribution distances in a feature network's space, sharpness, motion, flicker, drift.
 
 Videos are float tensors (B, F, 3, H, W) in [-1, 1]. "fake" are generated, "real" are reference videos of
 the same length and size (e.g. ``make_video``), ideally as many as the fake ones and never the same
@@ -16,9 +16,6 @@ import torch.nn.functional as nnf
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-
-from oneforcing.evaluation.attributes import attribute_accuracy
-from oneforcing.evaluation.feature_net import VideoFeatureNet
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 greyscale weights
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
@@ -68,7 +65,7 @@ class _VideoFeatures(nn.Module):
     be a (1, 3, 299, 299) image, not a video), and passes ``update``'s input straight to ``forward``.
     """
 
-    def __init__(self, net: VideoFeatureNet, batch_size: int = 64) -> None:
+    def __init__(self, net: nn.Module, batch_size: int = 64) -> None:
         super().__init__()
         self.net = net
         self.num_features = net.num_features
@@ -84,12 +81,13 @@ class _VideoFeatures(nn.Module):
 
 
 def frechet_and_kid(
-    fake: torch.Tensor, real: torch.Tensor, net: VideoFeatureNet, subset_size: int = 100, subsets: int = 50,
+    fake: torch.Tensor, real: torch.Tensor, net: nn.Module, subset_size: int = 100, subsets: int = 50,
     seed: int = 0,
 ) -> dict[str, float]:
     """Fréchet distance and kernel distance between feature distributions of fake and real videos.
 
-    Features φ (``net.num_features`` dims) are the trained toy feature net's pooled activations.
+    Features φ (``net.num_features`` dims) are ``net``'s outputs, (N, F, 3, H, W) -> (N, D): on the toy world the
+    trained feature net's pooled activations (``oneforcing.toy.feature_net``).
     - "fd" = ‖μ_f − μ_r‖² + Tr(Σ_f + Σ_r − 2 (Σ_f Σ_r)^½) (FID's formula on φ; torchmetrics).
     - "kid" = unbiased MMD² with the cubic kernel k(x, y) = (x·y / D + 1)³, averaged over ``subsets``
       random subsets of ``subset_size`` videos per side; "kid_std" its std over subsets. The subset size is
@@ -252,25 +250,7 @@ def drift(videos: torch.Tensor, window: int = 12) -> float:
     return float(drift_curve(videos, window)[window:].mean())
 
 
-# --- everything at once ---------------------------------------------------------------------------------
-def evaluate_videos(
-    fake: torch.Tensor, real: torch.Tensor, captions: list[str], net: VideoFeatureNet,
-    long_fake: torch.Tensor | None = None, window: int = 12,
-) -> dict[str, float]:
-    """All toy metrics of fake videos against real ones: fd, kid, kid_std, sharpness_ratio, dynamics_ratio,
-    flicker_excess, attr_{colour,direction,shape,found} (and attr_videos scored), and drift when
-    ``long_fake`` (B', F ≥ 4·window, 3, H, W) is given. ``captions`` are the prompts of ``fake``."""
-    check_pair(fake, real)
-    results = frechet_and_kid(fake, real, net)
-    results["sharpness_ratio"] = sharpness_ratio(fake, real)
-    results["dynamics_ratio"] = dynamics_ratio(fake, real)
-    results["flicker_excess"] = temporal_consistency(fake, real)
-    results.update({f"attr_{name}": value for name, value in attribute_accuracy(fake, captions).items()})
-    if long_fake is not None:
-        results["drift"] = drift(long_fake, window)
-    return results
-
-
+# --- curves ------------------------------------------------------------------------------------------------
 def per_frame_curves(
     fake: torch.Tensor, real: torch.Tensor, long_fake: torch.Tensor | None = None, window: int = 12,
 ) -> dict[str, list[float]]:

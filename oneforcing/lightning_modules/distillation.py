@@ -36,22 +36,24 @@ from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
 from oneforcing.engines.deepspeed import EngineRole, FrozenRole
 from oneforcing.engines.steps import role_steps_of
 from oneforcing.lightning_modules import roles as role_building
+from oneforcing.lightning_modules.components import LatentCodec
+from oneforcing.lightning_modules.components import TextEncoder
 from oneforcing.lightning_modules.distillation_checks import cached_prompt_problems, config_problems
 from oneforcing.lightning_modules.ema import update_ema
 from oneforcing.lightning_modules.micro_batches import split_batch
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.lightning_modules.randomness import StepRandomness
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.flow_matching import warped_step_sigmas
 from oneforcing.models.lora import LoRAConfig, as_lora_config, has_lora, merged_state_dict
 from oneforcing.models.sharded import full_state_dict, is_fsdp2
-from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.models.wan_components import wan_components
 from oneforcing.objectives.base import ModuleView, Objective, StepContext
 from oneforcing.objectives.rollout import gradient_window, self_forcing_rollout
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 
 def _config(value: WanConfig | dict | None, default: WanConfig) -> WanConfig:
@@ -67,7 +69,7 @@ class DistillationModule(L.LightningModule):
         teacher_backbone: shapes of the teacher (default: ``backbone``).
         teacher_weights: teacher weights (exported safetensors, Lightning ckpt or diffusers folder).
         teacher: a ready teacher module with the backbone's call signature instead of ``teacher_weights``, e.g.
-            the toy world's exact teacher (``oneforcing.data.exact_bank.ExactToyTeacher``). Objectives with the
+            the toy world's exact teacher (``oneforcing.toy.exact_bank.ExactToyTeacher``). Objectives with the
             teacher role need exactly one of the two. It is used frozen and is neither a hyper-parameter nor
             in checkpoints (its bank is rebuilt from its config). With it, the generator starts from
             ``generator_weights`` (random without) and a critic from ``critic_weights``, which is then

@@ -8,12 +8,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
 from oneforcing.models.causal_wan import CausalWanBackbone
-from oneforcing.models.exact_teacher import ExactTeacher
-from oneforcing.models.text_encoders import ToyTextEncoder
 from oneforcing.models.wan_folder import WanModelFolder
 from oneforcing.objectives.base import ROLES
 from oneforcing.sampling.schedules import check_sigmas
 from oneforcing.sampling.streaming import SOLVERS
+from oneforcing.toy.exact_teacher import ExactTeacher
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 
 def config_problems(module) -> list[str]:
@@ -30,7 +30,7 @@ def config_problems(module) -> list[str]:
         if "teacher" in o.roles and not (hp.teacher_weights or hp.model_dir) and module.teacher is None:
             problems.append(f"{type(o).__name__} needs a teacher: set model.init_args.teacher_weights "
                             "(e.g. assets/toy_teacher.safetensors) or model.init_args.teacher (e.g. "
-                            "oneforcing.data.exact_bank.ExactToyTeacher)")
+                            "oneforcing.toy.exact_bank.ExactToyTeacher)")
         problems += o.check(view)
     problems += given_teacher_problems(module)
     unknown = sorted(set(hp.activation_checkpointing) - {"generator", "critic"})

@@ -17,12 +17,14 @@ import lightning as L
 import torch
 from torch import nn
 
+from oneforcing.lightning_modules.components import LatentCodec
+from oneforcing.lightning_modules.components import TextEncoder
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
-from oneforcing.models.codecs import LatentCodec, SpaceToDepthCodec
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, shift_sigma, velocity_target
-from oneforcing.models.text_encoders import TextEncoder, ToyTextEncoder
 from oneforcing.models.wan import WanBackbone, WanConfig
 from oneforcing.sampling.euler import euler_sample, guidance_interval_problem
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.text_encoder import ToyTextEncoder
 
 VAL_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fixed noise levels: the val loss is comparable across runs
 

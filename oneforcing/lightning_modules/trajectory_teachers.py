@@ -139,7 +139,7 @@ def load_exact_teacher(index: dict, first: dict, bank_size: int, bank_seed: int 
     """(teacher, kind, velocity for a ground-truth batch, index fields) of the exact toy teacher, its bank
     rendered at the frames and size of the source's first sample and its recorded background, its
     unconditional prompt the negative prompt."""
-    from oneforcing.data.exact_bank import BANK_SEED, ExactToyTeacher
+    from oneforcing.toy.exact_bank import BANK_SEED, ExactToyTeacher
 
     if "pixels" not in first:
         raise ValueError("--teacher exact renders a bank of toy pixel videos; the source split holds latents only. "

@@ -1,7 +1,7 @@
-"""Latent codecs: pixels (B, F, 3, H, W) in [-1, 1] <-> latents (B, F, C, h, w).
+"""The Wan2.1 latent codec: pixels (B, F, 3, H, W) in [-1, 1] <-> latents (B, F, C, h, w).
 
-The toy uses an exact, parameter-free space-to-depth codec; the real path wraps diffusers'
-AutoencoderKLWan (whose layout (B, C, F, H, W) is converted here, once).
+It wraps diffusers' AutoencoderKLWan, whose layout (B, C, F, H, W) is converted here, once. The toy world's
+exact codec is ``oneforcing.toy.codec.SpaceToDepthCodec``.
 """
 
 from __future__ import annotations
@@ -13,34 +13,6 @@ from einops import rearrange
 from torch import nn
 
 from oneforcing.models.wan_folder import vae_spatial_factor, vae_temporal_factor
-
-
-class SpaceToDepthCodec(nn.Module):
-    """Folds each f×f pixel patch into channels: (B, F, 3, H, W) -> (B, F, 3·f², H/f, W/f). Lossless."""
-
-    def __init__(self, factor: int = 2, channels: int = 3) -> None:
-        super().__init__()
-        self.factor = factor
-        self.latent_channels = channels * factor * factor
-        self.spatial_factor = factor
-
-    @classmethod
-    def matching(cls, latent_channels: int, channels: int = 3) -> "SpaceToDepthCodec":
-        """The codec whose latents have ``latent_channels`` (= channels·f²): the toy default of a backbone, so that
-        its ``in_channels`` alone records the codec (12: f = 2, 64 tokens per 32×32 frame; 48: f = 4, 16 tokens).
-        Any other count gets f = 2, which the backbone's io check then reports."""
-        factor = round((latent_channels / channels) ** 0.5)
-        return cls(factor if factor >= 1 and channels * factor * factor == latent_channels else 2, channels)
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        f = self.factor
-        if pixels.shape[-1] % f or pixels.shape[-2] % f:
-            raise ValueError(f"Frame size {tuple(pixels.shape[-2:])} is not divisible by the codec factor {f}.")
-        return rearrange(pixels, "b t c (h p) (w q) -> b t (c p q) h w", p=f, q=f)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        f = self.factor
-        return rearrange(latents, "b t (c p q) h w -> b t c (h p) (w q)", p=f, q=f).clamp(-1, 1)
 
 
 class WanVAECodec(nn.Module):
@@ -112,6 +84,3 @@ class WanVAECodec(nn.Module):
         vae, mean, std = self._on(latents.device)
         z = rearrange(latents.float() * std + mean, "b t c h w -> b c t h w").to(vae.dtype)
         return rearrange(vae.decode(z).sample.float(), "b c t h w -> b t c h w").clamp(-1, 1)
-
-
-LatentCodec = SpaceToDepthCodec | WanVAECodec

@@ -1,21 +1,17 @@
-"""Text encoders: a deterministic one for the toy vocabulary, umT5 (through transformers) for Wan.
+"""Wan2.1's text encoder: umT5 through transformers, and Wan's standard negative prompt.
 
-Both map a list of prompts to a padded context (B, L, D) whose padding rows are zero, as Wan expects;
-the empty prompt "" encodes to all zeros and serves as the unconditional (CFG) context for the toy.
+It maps a list of prompts to a padded context (B, L, D) whose padding rows are zero, as Wan expects. The toy
+world's deterministic encoder is ``oneforcing.toy.text_encoder.ToyTextEncoder``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from oneforcing.models.toy_vocabulary import VOCABULARY
 from oneforcing.models.wan_folder import tokenizer_vocab_problem
-
-_WORD = re.compile(r"[a-z]+")
 
 # Wan2.1's standard negative prompt: the unconditional CFG branch of every Wan recipe in the reference trainers
 # (DMD's real score, the consistency teacher, the ODE-trajectory export; docs/algorithms.md §2).
@@ -24,51 +20,6 @@ WAN_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-
-
-class ToyTextEncoder(nn.Module):
-    """One-hot word ⊕ one-hot position per token; no parameters, identical on every machine.
-
-    The position code lets cross-attention bind an attribute to its object in two-object captions.
-    """
-
-    def __init__(self, max_tokens: int = 24) -> None:
-        super().__init__()
-        self.max_tokens = max_tokens
-        self.vocabulary = VOCABULARY
-        self.index = {w: i for i, w in enumerate(VOCABULARY)}
-        self.dim = len(VOCABULARY) + max_tokens
-
-    @property
-    def context_length(self) -> int:
-        """L of the (B, L, D) contexts (cached embeddings are padded back to it)."""
-        return self.max_tokens
-
-    def tokenize(self, prompt: str) -> list[int]:
-        words = _WORD.findall(prompt.lower())
-        unknown = sorted({w for w in words if w not in self.index})
-        if unknown:
-            raise ValueError(
-                f"Prompt {prompt!r} has words outside the toy vocabulary: {unknown}. "
-                f"Use only: {', '.join(self.vocabulary)}."
-            )
-        if len(words) > self.max_tokens:
-            raise ValueError(
-                f"Prompt {prompt!r} has {len(words)} words; the toy encoder takes at most {self.max_tokens}. "
-                "Shorten it or raise max_tokens."
-            )
-        return [self.index[w] for w in words]
-
-    @torch.no_grad()
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        """prompts -> context (B, L, len(vocab) + L), float32."""
-        token_ids = [self.tokenize(p) for p in prompts]  # validate all before allocating
-        context = torch.zeros(len(prompts), self.max_tokens, self.dim)
-        for b, ids in enumerate(token_ids):
-            for pos, word in enumerate(ids):
-                context[b, pos, word] = 1.0
-                context[b, pos, len(self.vocabulary) + pos] = 1.0
-        return context
 
 
 class UMT5TextEncoder(nn.Module):
@@ -140,5 +91,3 @@ class UMT5TextEncoder(nn.Module):
         hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return hidden * tokens.attention_mask[..., None].to(hidden.dtype)  # (B, L, D), padding zeroed
 
-
-TextEncoder = ToyTextEncoder | UMT5TextEncoder

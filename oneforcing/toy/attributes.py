@@ -53,8 +53,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from oneforcing.data.toy_world import parse_caption
-from oneforcing.models.toy_vocabulary import COLOURS
+from oneforcing.toy.vocabulary import COLOURS
+from oneforcing.toy.world import parse_caption
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "direction", "shape")
 

@@ -2,9 +2,9 @@
 
 ``ExactToyTeacher`` renders ``bank_size_per_caption`` videos of each caption with ``make_video_of`` (the
 caption's attributes fixed, its free variables drawn), encodes them with the toy codec and the captions with
-the toy text encoder, and is then an ``oneforcing.models.exact_teacher.ExactTeacher``: the teacher role of
+the toy text encoder, and is then an ``oneforcing.toy.exact_teacher.ExactTeacher``: the teacher role of
 any toy recipe, by one config change (``model.init_args.teacher``). ``caption_videos`` renders the same
-videos as pixels, for the bank metrics (``oneforcing.evaluation.bank_metrics``) without building a teacher.
+videos as pixels, for the bank metrics (``oneforcing.toy.bank_metrics``) without building a teacher.
 
 Memory of the bank: captions × per caption × F×C×H×W × 2 bytes (float16); the default (384 captions × 16
 videos of 12 frames, 12×16×16 latents) is 384 · 16 · 36 864 · 2 B = 453 MB (432 MiB). Building it renders
@@ -21,11 +21,11 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from oneforcing.data.toy_world import BACKGROUNDS, Background, make_video_of, parse_caption
-from oneforcing.models.codecs import SpaceToDepthCodec
-from oneforcing.models.exact_teacher import DEFAULT_CHUNK_SIZE, DEFAULT_MIN_SIGMA, ExactTeacher
-from oneforcing.models.text_encoders import ToyTextEncoder
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.toy.codec import SpaceToDepthCodec
+from oneforcing.toy.exact_teacher import DEFAULT_CHUNK_SIZE, DEFAULT_MIN_SIGMA, ExactTeacher
+from oneforcing.toy.text_encoder import ToyTextEncoder
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.toy.world import BACKGROUNDS, Background, make_video_of, parse_caption
 
 BANK_SEED = 12345  # disjoint from the training streams (seeds 0 and 1_000_003) and evaluate's 424242
 PROGRESS_FROM = 64  # captions from which building the bank shows a progress bar

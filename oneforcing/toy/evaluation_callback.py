@@ -3,8 +3,8 @@
 Every ``every_n_steps`` optimizer steps (and at the end of training), global rank 0 generates one video per
 caption of a fixed held-out set of real toy videos with the module's own sampler (``generate``: the
 teacher's Euler sampler, a student's streaming sampler) and logs every metric of
-``oneforcing.evaluation.metrics.evaluate_videos`` as ``eval/<metric>``, and the bank metrics
-(``eval/bank_precision``, ``eval/bank_coverage``) on the bank set of ``oneforcing.evaluation.toy_evaluation``
+``oneforcing.toy.evaluation.evaluate_videos`` as ``eval/<metric>``, and the bank metrics
+(``eval/bank_precision``, ``eval/bank_coverage``) on the bank set of ``oneforcing.toy.evaluation``
 (the first ``num_videos // samples_per_caption`` captions, ``samples_per_caption`` samples each; 0 skips them).
 The other ranks wait at no cost (under FSDP2 they sample too, as its forward gathers parameters
 collectively); nothing is reduced across ranks. Sampling noise is fixed (``seed``), so the
@@ -18,10 +18,10 @@ import math
 import lightning as L
 import torch
 
-from oneforcing.data.exact_bank import BANK_SEED
-from oneforcing.evaluation.toy_evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, bank_set,
-                                                  real_toy_set, toy_metrics)
 from oneforcing.models.sharded import is_sharded
+from oneforcing.toy.evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, bank_set,
+                                      real_toy_set, toy_metrics)
+from oneforcing.toy.exact_bank import BANK_SEED
 
 
 class ToyEvaluation(L.Callback):
@@ -54,7 +54,7 @@ class ToyEvaluation(L.Callback):
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """On rank 0, or on every rank when the module is sharded (FSDP2 gathers parameters collectively)."""
-        from oneforcing.evaluation.feature_net import load_feature_net
+        from oneforcing.toy.feature_net import load_feature_net
 
         step = trainer.global_step
         if step == self._last_step or trainer.logger is None or not (trainer.is_global_zero or is_sharded(pl_module)):

@@ -6,8 +6,8 @@ Two sets (docs/evaluation.md):
   ``oneforcing.evaluation.metrics`` compares them;
 - the **bank set** (``bank_set``): coverage needs several samples of one caption, so the first
   ``num_videos // samples_per_caption`` distinct one-object captions of the real set are each prompted
-  ``samples_per_caption`` times (different noise), and scored by ``oneforcing.evaluation.bank_metrics``
-  against ``bank_size`` clean videos per caption from ``oneforcing.data.exact_bank.caption_videos`` — the
+  ``samples_per_caption`` times (different noise), and scored by ``oneforcing.toy.bank_metrics``
+  against ``bank_size`` clean videos per caption from ``oneforcing.toy.exact_bank.caption_videos`` — the
   videos the exact teacher with the same seed and bank size holds, so a student of that teacher is measured
   against its teacher's own modes (ideal: precision 0, coverage ``ideal_coverage``). A student of the world
   itself (a neural teacher) cannot copy bank videos: as its reference, fresh videos of the same captions
@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from oneforcing.data.exact_bank import BANK_SEED, caption_videos
-from oneforcing.data.toy_world import make_video, parse_caption
-from oneforcing.evaluation.bank_metrics import bank_scores, ideal_coverage
+from oneforcing.toy.attributes import attribute_accuracy
+from oneforcing.toy.bank_metrics import bank_scores, ideal_coverage
+from oneforcing.toy.exact_bank import BANK_SEED, caption_videos
+from oneforcing.toy.world import make_video, parse_caption
 
 if TYPE_CHECKING:
-    from oneforcing.evaluation.feature_net import VideoFeatureNet
+    from oneforcing.toy.feature_net import VideoFeatureNet
 
 REAL_SEED = 424242  # held-out toy stream: the training data use seeds 0.. and 0 + 1_000_003 (val)
 SAMPLES_PER_CAPTION = 4  # bank-set samples per caption (coverage is at most S/N: 0.25 at N = 16)
@@ -100,10 +101,28 @@ def toy_metrics(generate: Generate, real: torch.Tensor, prompts: list[str], net:
                 batch_size: int, bank: BankSet | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Every toy metric of ``generate`` on the real set (and the bank metrics on the bank set when given);
     returns the metrics and the real set's samples (N, F, 3, H, W)."""
-    from oneforcing.evaluation.metrics import evaluate_videos  # torchmetrics: imported when used
-
     fake = sample_in_batches(generate, prompts, seed, batch_size)
     metrics = evaluate_videos(fake, real, prompts, net)
     if bank is not None:
         metrics.update(score_bank(generate, bank, seed, batch_size))
     return metrics, fake
+
+
+def evaluate_videos(
+    fake: torch.Tensor, real: torch.Tensor, captions: list[str], net: VideoFeatureNet,
+    long_fake: torch.Tensor | None = None, window: int = 12,
+) -> dict[str, float]:
+    """All toy metrics of fake videos against real ones: fd, kid, kid_std, sharpness_ratio, dynamics_ratio,
+    flicker_excess, attr_{colour,direction,shape,found} (and attr_videos scored), and drift when
+    ``long_fake`` (B', F ≥ 4·window, 3, H, W) is given. ``captions`` are the prompts of ``fake``."""
+    from oneforcing.evaluation.metrics import (check_pair, drift, dynamics_ratio, frechet_and_kid,  # torchmetrics:
+                                               sharpness_ratio, temporal_consistency)  # imported when used
+    check_pair(fake, real)
+    results = frechet_and_kid(fake, real, net)
+    results["sharpness_ratio"] = sharpness_ratio(fake, real)
+    results["dynamics_ratio"] = dynamics_ratio(fake, real)
+    results["flicker_excess"] = temporal_consistency(fake, real)
+    results.update({f"attr_{name}": value for name, value in attribute_accuracy(fake, captions).items()})
+    if long_fake is not None:
+        results["drift"] = drift(long_fake, window)
+    return results

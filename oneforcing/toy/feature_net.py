@@ -10,7 +10,7 @@ so a sixth head classifies a random degradation applied during training ("none",
 "flicker", "frozen", random strengths). Shipped net (0.61 M parameters): the features see flicker, frozen
 motion and colour shifts strongly, blur weakly, and mild per-frame noise not at all (its head never learnt
 "noise"); ``metrics.sharpness_ratio`` and ``metrics.temporal_consistency`` cover those. Trained by
-``oneforcing.lightning_modules.feature_net.FeatureNetModule``; shipped as
+``oneforcing.toy.feature_net_module.FeatureNetModule``; shipped as
 ``assets/toy_video_features.safetensors`` and loaded with ``load_feature_net``.
 """
 
@@ -24,8 +24,8 @@ import torch.nn.functional as nnf
 from safetensors.torch import load_file
 from torch import nn
 
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 from oneforcing.models.wan import safetensors_metadata
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "toy_video_features.safetensors"
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as nnf
 from safetensors.torch import save
 
-from oneforcing.evaluation.feature_net import DEGRADATIONS, VideoFeatureNet, attribute_targets, degrade
+from oneforcing.toy.feature_net import DEGRADATIONS, VideoFeatureNet, attribute_targets, degrade
 from oneforcing.video_io import atomic_write_bytes
 
 

@@ -12,7 +12,7 @@ caption are 0.25–0.5 apart (10–90 %), and a video's nearest neighbour among 
   (one video per caption) covers 1/N. With S samples per caption and N bank videos it is at most min(S, N)/N,
   and a sampler that draws bank videos uniformly reaches 1 − (1 − 1/N)^S in expectation (``ideal_coverage``).
 
-Pure functions on tensors; ``oneforcing.evaluation.toy_evaluation`` builds the banks and the sample sets.
+Pure functions on tensors; ``oneforcing.toy.evaluation`` builds the banks and the sample sets.
 """
 
 from __future__ import annotations

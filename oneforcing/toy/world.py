@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from oneforcing.models.toy_vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
+from oneforcing.toy.vocabulary import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 _SUPERSAMPLE = 4  # anti-aliasing: edges are clean, so blur is measurable against the real videos
 # Along its direction of motion an object starts in the third of its path nearest the border it moves away
