@@ -81,7 +81,7 @@ def linear_discriminator(monkeypatch, seed: int):
 def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(monkeypatch):
     fake, real, w, calls = linear_discriminator(monkeypatch, 1)
     gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r2_weight=0.001, r2_sigma=0.01)
-    total, logs = gan.critic_loss(make_ctx(fake, real))
+    terms, logs = gan.critic_loss(make_ctx(fake, real))
     both, sigma = calls[0]
     xf, xr = both.chunk(2)
     s_f, s_r = sigma.chunk(2)
@@ -92,7 +92,10 @@ def test_real_and_fake_share_noise_and_timestep_and_losses_match_closed_forms(mo
     loss_d = torch.nn.functional.softplus(-D(xr)).mean() + torch.nn.functional.softplus(D(xf)).mean()
     r1 = 1.0 * (D(calls[1][0]) - D(xr)).square().mean()
     r2 = 0.001 * 0.5 * ((D(calls[2][0]) - D(xf)) / 0.01).square().mean()
-    assert torch.allclose(0.03 * total, 0.03 * loss_d + r1 + r2, atol=1e-5), "R1/R2 come out unscaled by the GAN weight"
+    assert set(terms) == {"gan_d", "r1", "r2"}
+    assert torch.allclose(terms["gan_d"], loss_d, atol=1e-5)
+    assert torch.allclose(terms["r1"], r1, atol=1e-5) and torch.allclose(terms["r2"], r2, atol=1e-5)
+    assert torch.allclose(gan.weighted(terms), 0.03 * loss_d + r1 + r2, atol=1e-5), "R1/R2 count unscaled by the GAN weight"
     g_loss, _ = gan.generator_loss(make_ctx(fake, real, seed=2))
     assert torch.allclose(g_loss, torch.nn.functional.softplus(-D(calls[-1][0])).mean())
 
@@ -105,14 +108,14 @@ def test_critic_loss_draws_sigma_at_its_own_shift_and_divides_r1_when_asked(monk
     fake, real, w, calls = linear_discriminator(monkeypatch, 3)
     gan = GAN(weight=0.03, feature_layers=[0], num_registers=1, r1_weight=1.0, r1_sigma=0.1, r1_kind="divided",
               critic_timestep_shift=2.0)
-    total, _ = gan.critic_loss(make_ctx(fake, real, seed=7))
+    terms, _ = gan.critic_loss(make_ctx(fake, real, seed=7))
     both, sigma = calls[0]
     assert torch.equal(sigma, sample_score_sigma(3, torch.Generator().manual_seed(7), 2.0).repeat(2))
     xf, xr = both.chunk(2)
     D = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
     loss_d = torch.nn.functional.softplus(-D(xr)).mean() + torch.nn.functional.softplus(D(xf)).mean()
     r1 = 0.5 * ((D(calls[1][0]) - D(xr)) / 0.1).square().mean()
-    assert torch.allclose(0.03 * total, 0.03 * loss_d + r1, atol=1e-5)
+    assert torch.allclose(gan.weighted(terms), 0.03 * loss_d + r1, atol=1e-5)
 
 
 def test_the_generators_gan_gradient_reaches_only_the_generator(tmp_path):
@@ -159,7 +162,7 @@ def test_shared_flow_pass_gives_the_flow_loss_of_the_fake_half_at_the_discrimina
     fake, real = torch.randn(2, 3, 12, 8, 8, generator=g), torch.randn(2, 3, 12, 8, 8, generator=g)
     ctx = make_ctx(fake, real, seed=4)
     ctx.context, ctx.models = torch.randn(2, 5, 46, generator=g), {"critic": module.critic}
-    total, logs = gan.critic_loss(ctx)
+    terms, logs = gan.critic_loss(ctx)
     replay = torch.Generator().manual_seed(4)  # the same draws: σ, then one ε for both halves
     from oneforcing.objectives.timesteps import sample_score_sigma
 
@@ -171,7 +174,8 @@ def test_shared_flow_pass_gives_the_flow_loss_of_the_fake_half_at_the_discrimina
     expected_flow = (v - (noise - fake)).square().mean()
     assert torch.allclose(logs["critic_flow_loss"], expected_flow, rtol=1e-4)
     assert torch.equal(logs["critic_sigma"], sigma.mean())  # the logged σ is the pass's
-    assert torch.allclose(total, logs["gan_d_loss"] + expected_flow / 0.03, rtol=1e-4)
+    assert torch.allclose(terms["critic_flow"], expected_flow, rtol=1e-4)
+    assert torch.allclose(gan.weighted(terms), 0.03 * logs["gan_d_loss"] + expected_flow, rtol=1e-4)
 
 
 def test_shared_flow_pass_with_a_dmd_that_also_trains_the_critic_is_refused(tmp_path):

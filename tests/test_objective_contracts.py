@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from oneforcing.models.causal_attention import KVCache
+from oneforcing.objectives.base import Objective
 from oneforcing.objectives.consistency import ConsistencyDistillation
 from oneforcing.objectives.diffusion import CausalDiffusion
 from oneforcing.objectives.dmd import DMD
@@ -109,7 +110,7 @@ def test_gan_logged_metrics_and_rollout_request(monkeypatch, kwargs, side, names
     gan = GAN(feature_layers=[0], num_registers=1, **kwargs)
     loss_a, logs, requested = run(gan, side, grad=side == "generator", global_seed=1)
     loss_b, _, _ = run(gan, side, grad=side == "generator", global_seed=2)
-    assert set(logs) == names and requested == wanted and torch.equal(loss_a, loss_b)
+    assert set(logs) == names and requested == wanted and torch.equal(gan.weighted(loss_a), gan.weighted(loss_b))
 
 
 def test_gan_discriminator_slots_and_the_flow_loss_between_them(monkeypatch):
@@ -121,7 +122,8 @@ def test_gan_discriminator_slots_and_the_flow_loss_between_them(monkeypatch):
     _, logs_due = gan.critic_loss(due)
     loss_off, logs_off = gan.critic_loss(off)
     assert "gan_d_loss" in logs_due and set(logs_off) == {"critic_flow_loss", "critic_sigma"}
-    assert torch.allclose(0.5 * loss_off, logs_off["critic_flow_loss"]), "the flow loss comes out unscaled"
+    assert set(loss_off) == {"critic_flow"}
+    assert torch.allclose(gan.weighted(loss_off), logs_off["critic_flow_loss"]), "the flow loss counts unscaled"
 
 
 def test_objective_errors_name_what_is_missing():
@@ -289,3 +291,14 @@ def test_kv_cache_defaults_dtype_and_capacity_error():
     with pytest.raises(ValueError, match="cannot hold 2 sink frames plus a block of 2; make the window at least 4"):
         KVCache(1, 1, 2, 1, 3, capacity_frames=3, sink_frames=2, max_block_frames=2)
     KVCache(1, 1, 2, 1, 3, capacity_frames=4, sink_frames=2, max_block_frames=2)
+
+
+def test_named_terms_count_weight_times_except_the_absolute_ones():
+    class TwoTerms(Objective):
+        absolute_terms = ("own",)
+
+    objective = TwoTerms(weight=0.5)
+    assert objective.weighted(torch.tensor(2.0)).item() == 1.0
+    assert objective.weighted({"scaled": torch.tensor(2.0), "own": torch.tensor(3.0)}).item() == 4.0
+    with pytest.raises(ValueError, match="no loss terms"):
+        objective.weighted({})

@@ -33,7 +33,8 @@ def record_logs(module) -> list[dict[str, float]]:
 
 def test_one_forcing_iterations_log_each_role_on_its_schedule(teacher_file):
     module = make_module(teacher_file, [DMD(guidance_scale=2.0), GAN(feature_layers=[1], num_registers=1, weight=0.25,
-                                                                     head_lr=1e-3, head_ffn_dim=16, head_num_heads=2)],
+                                                                     head_lr=1e-3, head_ffn_dim=16, head_num_heads=2,
+                                                                     r1_weight=0.5)],
                          generator_update_every=3)
     logs = record_logs(module)
     trainer = fit(module, 4)
@@ -49,6 +50,9 @@ def test_one_forcing_iterations_log_each_role_on_its_schedule(teacher_file):
     first = logs[0]
     total = first["generator/dmd_loss"] + 0.25 * first["generator/gan_g_loss"]  # Σ weight · loss
     assert first["generator/grad_norm"] > 0 and first["generator/loss"] == pytest.approx(total, rel=1e-6)
+    # the critic's sum: DMD's flow loss (weight 1), 0.25 · the discriminator loss, R1 unscaled (its own weight)
+    critic_total = first["critic/critic_flow_loss"] + 0.25 * first["critic/gan_d_loss"] + first["critic/gan_r1"]
+    assert first["critic/gan_r1"] > 0 and first["critic/loss"] == pytest.approx(critic_total, rel=1e-6)
 
 
 def test_without_a_critic_the_generator_steps_every_iteration(teacher_file):

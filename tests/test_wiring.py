@@ -177,10 +177,10 @@ def test_gan_relativistic_critic_loss_pairs_real_against_fake(monkeypatch):
     weights = torch.randn(NF, C, H, W, generator=torch.Generator().manual_seed(6))
     calls = recording_scores(monkeypatch, weights)
     fake, real = latents(3), latents(4, offset=-OFFSET)
-    loss, logs = GAN(feature_layers=[0], num_registers=1, relativistic=True).critic_loss(context_for(fake, {}, real=real))
+    terms, logs = GAN(feature_layers=[0], num_registers=1, relativistic=True).critic_loss(context_for(fake, {}, real=real))
     xf, xr = calls[0]["x"].chunk(2)
     D = lambda v: (v * weights).flatten(1).sum(1) / v[0].numel()  # noqa: E731
-    assert torch.allclose(loss, F.softplus(-(D(xr) - D(xf))).mean(), rtol=1e-5)
+    assert set(terms) == {"gan_d"} and torch.allclose(terms["gan_d"], F.softplus(-(D(xr) - D(xf))).mean(), rtol=1e-5)
     assert torch.allclose(logs["gan_real_logit"], D(xr).mean()) and torch.allclose(logs["gan_fake_logit"], D(xf).mean())
 
 

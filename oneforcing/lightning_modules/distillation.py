@@ -340,7 +340,8 @@ class DistillationModule(L.LightningModule):
 
     def step_loss(self, side: str, batch: dict, context: torch.Tensor, uncond_context: torch.Tensor | None,
                   draws: list[tuple[int, int | None]] | None = None) -> tuple[torch.Tensor, dict]:
-        """Σ weight · loss of the ``side`` ("generator" or "critic") objectives on one (micro-)batch, and their logs."""
+        """Σ weight · term of the ``side`` ("generator" or "critic") objectives on one (micro-)batch (``Objective.weighted``),
+        and their logs."""
         objectives = self.generator_objectives if side == "generator" else self.critic_objectives
         return self._sum_losses(objectives, self._step_context(batch, context, uncond_context, draws), side)
 
@@ -348,7 +349,7 @@ class DistillationModule(L.LightningModule):
         total, logs = 0.0, {}
         for objective in objectives:
             loss, metrics = getattr(objective, f"{side}_loss")(ctx)
-            total = total + objective.weight * loss
+            total = total + objective.weighted(loss)
             logs.update({f"{side}/{k}": v for k, v in metrics.items()})
         logs[f"{side}/loss"] = total.detach()
         return total, logs

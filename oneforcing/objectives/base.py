@@ -1,9 +1,10 @@
 """The objective plugin contract (docs/methods.md, "Distillation").
 
 An objective is a small ``nn.Module`` (so it may own parameters, e.g. a discriminator head) that declares
-the roles it needs and returns named losses for the generator side and/or the critic side. The
-``DistillationModule`` sums ``weight · loss`` over the enabled objectives, so One-Forcing is literally
-``[DMD(weight=1), GAN(weight=0.03)]`` in YAML.
+the roles it needs and returns its loss for the generator side and/or the critic side: one term, or named terms.
+The ``DistillationModule`` sums ``weight · term`` over the enabled objectives, so One-Forcing is literally
+``[DMD(weight=1), GAN(weight=0.03)]`` in YAML; a term with a weight of its own (the GAN's R1 and R2, the critic's
+flow loss that shares its pass) is named in ``absolute_terms`` and counts once, unscaled.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (scalar loss, metrics to log)
+Loss = torch.Tensor | dict[str, torch.Tensor]  # one scalar term, or named scalar terms
+Losses = tuple[Loss, dict[str, torch.Tensor]]  # (loss, metrics to log)
 ROLES = ("generator", "teacher", "critic")
 
 
@@ -66,12 +68,15 @@ class Objective(nn.Module):
     ``solver``: how the generator this objective trains is sampled, when it decides ("euler": a diffusion model's
     ODE; None: the few-step students' re-noising sampler, ``StreamingSampler``'s default).
 
+    ``absolute_terms``: the names of loss terms that carry their own weight and are not scaled by ``weight``.
+
     Args:
-        weight: multiplier of this objective's losses in the sums.
+        weight: multiplier of this objective's loss terms in the sums.
     """
 
     roles: ClassVar[tuple[str, ...]] = ("generator",)
     solver: ClassVar[str | None] = None
+    absolute_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -94,6 +99,16 @@ class Objective(nn.Module):
 
     def critic_loss(self, ctx: StepContext) -> Losses:
         raise NotImplementedError
+
+    def weighted(self, loss: Loss) -> torch.Tensor:
+        """This objective's share of the sum: ``weight · loss``, or over named terms Σ ``weight · term`` with the
+        ``absolute_terms`` counted as they are."""
+        if isinstance(loss, torch.Tensor):
+            return self.weight * loss
+        if not loss:
+            raise ValueError(f"{type(self).__name__} returned no loss terms; return a zero tensor for a step without one.")
+        terms = [term if name in self.absolute_terms else self.weight * term for name, term in loss.items()]
+        return torch.stack(terms).sum()
 
     def check(self, view: ModuleView) -> list[str]:
         """Problems with this objective in the module ``view`` describes (reported together before anything is built)."""

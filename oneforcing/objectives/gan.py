@@ -11,7 +11,8 @@ discriminator head on the critic's features and softplus(z) = log(1 + e^z):
     R2:             Δ2 = (D(x_fake,σ + σ2·η) - D(x_fake,σ)) / σ2,  L_R2 = r2_weight · mean Δ2², factor ½
 σ is drawn like the critic's (U{0..999}/1000, critic shift, clamp [0.02, 0.98]), separately from DMD's.
 The module multiplies both sides by ``weight`` (0.03 in the paper: gan_g_weight = gan_d_weight); the R1/R2
-weights are the paper's absolute ones, so they are divided by ``weight`` here to come out unscaled.
+weights are the paper's absolute ones, so R1, R2 (and the shared pass's flow loss, weight 1) are returned as
+named ``absolute_terms`` that the module counts unscaled.
 
 Cost options (not in the reference; both off by default, measured in benchmarks/distillation_recipes.py):
     shared_flow_pass:  the critic's flow-matching loss L_flow = mean (v(x_fake,σ) - (ε - x_fake))² is read
@@ -69,6 +70,7 @@ class GAN(Objective):
     """
 
     roles = ("generator", "critic")
+    absolute_terms = ("critic_flow", "r1", "r2")  # weight 1, r1_weight, r2_weight: not scaled by ``weight``
 
     def __init__(self, weight: float = 0.03, feature_layers: Sequence[int] = (3, 5), num_registers: int = 2,
                  head_ffn_dim: int = 256, head_num_heads: int = 4, relativistic: bool = False,
@@ -175,7 +177,7 @@ class GAN(Objective):
             if not self.shared_flow_pass:
                 return torch.zeros((), device=fake.device), {}
             flow, logs = critic_flow_loss(ctx, self.critic_timestep_shift)
-            return flow / self.weight, logs
+            return {"critic_flow": flow}, logs
         real = self.real_latents(ctx).to(fake)
         if real.shape != fake.shape:
             raise ValueError(f"GAN real latents {tuple(real.shape)} and generated {tuple(fake.shape)} differ; "
@@ -193,20 +195,17 @@ class GAN(Objective):
             loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         logs = {"gan_d_loss": loss_d.detach(), "gan_real_logit": d_real.mean().detach(),
                 "gan_fake_logit": d_fake.mean().detach(), "gan_sigma": sigma.mean()}
-        absolute = torch.zeros((), device=fake.device)  # losses not scaled by the GAN weight
+        terms = {"gan_d": loss_d}
         if self.shared_flow_pass:
             flow = (velocity[:B].float() - velocity_target(fake, noise).float()).square().mean()
-            absolute = absolute + flow
+            terms["critic_flow"] = flow
             logs.update(critic_flow_loss=flow.detach(), critic_sigma=sigma.mean())
         if self.r1_weight > 0:
             perturbed = self.logits(ctx, real_sigma + self.r1_sigma * ctx.randn_like(real_sigma), sigma, ctx.context)
-            r1 = self.r1_weight * r1_penalty(d_real, perturbed, self.r1_sigma, self.r1_kind)
-            absolute = absolute + r1
-            logs["gan_r1"] = r1.detach()
+            terms["r1"] = self.r1_weight * r1_penalty(d_real, perturbed, self.r1_sigma, self.r1_kind)
+            logs["gan_r1"] = terms["r1"].detach()
         if self.r2_weight > 0:
             perturbed = self.logits(ctx, fake_sigma + self.r2_sigma * ctx.randn_like(fake_sigma), sigma, ctx.context)
-            r2 = self.r2_weight * r2_penalty(d_fake, perturbed, self.r2_sigma)
-            absolute = absolute + r2
-            logs["gan_r2"] = r2.detach()
-        # the module multiplies by `weight`; flow, R1 and R2 weights are absolute, so divide them back out
-        return loss_d + absolute / self.weight, logs
+            terms["r2"] = self.r2_weight * r2_penalty(d_fake, perturbed, self.r2_sigma)
+            logs["gan_r2"] = terms["r2"].detach()
+        return terms, logs
