@@ -306,8 +306,9 @@ def test_on_fit_start_reports_every_objectives_data_problem_and_on_train_start_s
     with pytest.raises(ValueError) as error:
         module.on_fit_start()
     message = str(error.value)
-    assert message.startswith("The training data do not fit the objectives:\n  - GAN(real_source='data') needs real")
-    assert "\n  - GAN(real_source='ode') needs trajectory shards" in message
+    assert message.startswith("The training data do not fit the objectives:\n  - GAN(real_source='data') reads pixels "
+                              "or latents from the batch")
+    assert "\n  - GAN(real_source='ode') reads ode_output from the batch" in message
     module = DistillationModule([CausalDiffusion()], seed=7, **TINY_ARGS)
     fake_trainer(module, {"world": "toy", "members": ["pixels.safetensors"]})
     module.on_fit_start()

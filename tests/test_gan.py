@@ -41,7 +41,7 @@ def test_bad_head_configs_fail_clearly():
     assert "trajectory shards" in GAN(real_source="ode").check_data({"world": "toy"})[0]
     assert GAN(real_source="ode").check_data({"kind": "trajectories"}) == []
     prompts_only = {"world": "prompts", "members": ["caption.txt", "attributes.json"]}
-    assert "relativistic GAN(real_source='data') needs real videos" in GAN(relativistic=True).check_data(prompts_only)[0]
+    assert "relativistic GAN(real_source='data') reads pixels or latents" in GAN(relativistic=True).check_data(prompts_only)[0]
     assert GAN().check_data({"members": ["caption.txt", "pixels.safetensors"]}) == []
 
 

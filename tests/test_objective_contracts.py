@@ -161,8 +161,11 @@ def test_gan_data_checks_name_the_members_and_the_fix():
     assert GAN().check_data(videos_only) == [] and GAN().check_data(None) == []
     prompts = {"world": "prompts", "members": ["caption.txt", "attributes.json"]}
     (problem,) = GAN().check_data(prompts)
-    assert problem.startswith("GAN(real_source='data') needs real videos, but the training samples carry only "
-                              "['caption.txt', 'attributes.json']")
+    assert problem == ("GAN(real_source='data') reads pixels or latents from the batch, but the training samples carry "
+                       "only prompts; train on shards written by `oneforcing data encode` or `oneforcing data toy`.")
+    (problem,) = GAN(real_source="ode").check_data({"kind": "trajectories", "members": ["pixels.safetensors"]})
+    assert problem.startswith("GAN(real_source='ode') reads ode_output from the batch, but the training samples carry "
+                              "only ['pixels']")
     (problem,) = GAN(real_source="ode").check_data({"kind": "toy"})
     assert problem == ("GAN(real_source='ode') needs trajectory shards (with ode_output); the train split holds toy "
                        "data. Use real_source: data, or train on `oneforcing data trajectories` output")
@@ -302,3 +305,26 @@ def test_named_terms_count_weight_times_except_the_absolute_ones():
     assert objective.weighted({"scaled": torch.tensor(2.0), "own": torch.tensor(3.0)}).item() == 4.0
     with pytest.raises(ValueError, match="no loss terms"):
         objective.weighted({})
+
+
+def test_each_objective_declares_the_members_it_reads_and_the_data_check_names_the_missing_ones():
+    trajectories = ["ode_output.safetensors", "pixels.safetensors", "trajectory.safetensors",
+                    "trajectory_sigmas.safetensors", "txt", "json"]
+    expected = {  # objective -> the members it reads from the batch (alternatives joined by "or")
+        CausalDiffusion(): ["pixels or latents"],
+        ConsistencyDistillation(): ["pixels or latents"],
+        ConsistencyDistillation(ground_truth="ode_output"): ["ode_output"],
+        DMD(): [], SiD(): [],
+        GAN(): ["pixels or latents"],
+        TrajectoryDistillation(flavour="teacher_forcing"): ["trajectory", "trajectory_sigmas", "ode_output",
+                                                            "pixels or latents"],
+        TrajectoryDistillation(flavour="teacher_forcing", clean_context="ode_output"): [
+            "trajectory", "trajectory_sigmas", "ode_output"],
+    }
+    for objective, members in expected.items():
+        assert [" or ".join(m) for m in objective.batch_members()] == members, objective.describe()
+        prompts_only = {"kind": "trajectories", "snapshot_sigmas": [1.0], "members": ["txt", "json"]}
+        problems = [p for p in objective.check_data(prompts_only) if " from the batch, " in p]
+        assert [p.split(" reads ")[1].split(" from the batch")[0] for p in problems] == members, objective.describe()
+        full = {"kind": "trajectories", "snapshot_sigmas": [1.0], "members": trajectories}
+        assert not [p for p in objective.check_data(full) if " from the batch, " in p], objective.describe()

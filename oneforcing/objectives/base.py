@@ -19,6 +19,14 @@ from torch import nn
 Loss = torch.Tensor | dict[str, torch.Tensor]  # one scalar term, or named scalar terms
 Losses = tuple[Loss, dict[str, torch.Tensor]]  # (loss, metrics to log)
 ROLES = ("generator", "teacher", "critic")
+GROUND_TRUTH = ("pixels", "latents")  # the batch members the module turns into ``StepContext.real_latents``
+MEMBER_SOURCES = {  # how a batch member gets into the shards (for the data check's fix)
+    "pixels": "`oneforcing data toy`",
+    "latents": "`oneforcing data encode`",
+    "trajectory": "`oneforcing data trajectories`",
+    "trajectory_sigmas": "`oneforcing data trajectories`",
+    "ode_output": "`oneforcing data trajectories`",
+}
 
 
 @dataclass
@@ -114,11 +122,31 @@ class Objective(nn.Module):
         """Problems with this objective in the module ``view`` describes (reported together before anything is built)."""
         return []
 
+    def batch_members(self) -> list[tuple[str, ...]]:
+        """The batch members this objective reads, each as its alternatives (one of them suffices): e.g.
+        ``GROUND_TRUTH`` (pixels or latents, which the module turns into ``ctx.real_latents``). Prompts are read by
+        every objective and are not listed."""
+        return []
+
     def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
         """Problems with the training data (the train split's index, None for plain dataloaders) for this objective
         in the module ``view`` describes (None: checks that need the module are skipped); reported together when
-        fitting starts."""
-        return []
+        fitting starts. Here: the ``batch_members`` the shards do not carry (an override extends this list)."""
+        if index is None or index.get("members") is None:  # plain dataloaders, or shards from before the record
+            return []
+        carried = sorted(m.removesuffix(".safetensors") for m in index["members"] if m.endswith(".safetensors"))
+        problems = []
+        for alternatives in self.batch_members():
+            if not set(alternatives) & set(carried):
+                sources = sorted({MEMBER_SOURCES[a] for a in alternatives if a in MEMBER_SOURCES})
+                problems.append(f"{self.describe()} reads {' or '.join(alternatives)} from the batch, but the training "
+                                f"samples carry only {carried or 'prompts'}; train on shards written by "
+                                f"{' or '.join(sources) or 'a command that writes it'}.")
+        return problems
+
+    def describe(self) -> str:
+        """How this objective is named in messages (its class; subclasses add the setting that matters)."""
+        return type(self).__name__
 
     def optimizer_settings(self) -> dict | None:
         """AdamW settings ({'lr', 'betas'}) for this objective's own parameters, or None: they train with the critic."""

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, x0_from_velocity
-from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
+from oneforcing.objectives.base import GROUND_TRUTH, Losses, ModuleView, Objective, StepContext
 from oneforcing.sampling.euler import guided_velocity, teacher_forcing_velocity
 
 
@@ -62,6 +62,9 @@ class ConsistencyDistillation(Objective):
         self.causal_teacher, self.ground_truth = causal_teacher, ground_truth
         self.num_grid_steps, self.grid_shift = num_grid_steps, grid_shift
         self.guidance_scale, self.teacher_forcing = guidance_scale, teacher_forcing
+
+    def batch_members(self) -> list[tuple[str, ...]]:
+        return [("ode_output",)] if self.ground_truth == "ode_output" else [GROUND_TRUTH]
 
     @property
     def grid(self) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from oneforcing.models.flow_matching import add_noise, shift_sigma, velocity_target
-from oneforcing.objectives.base import Losses, Objective, StepContext
+from oneforcing.objectives.base import GROUND_TRUTH, Losses, Objective, StepContext
 from oneforcing.objectives.trajectory import per_block_values
 
 
@@ -30,6 +30,9 @@ class CausalDiffusion(Objective):
     def __init__(self, weight: float = 1.0, teacher_forcing: bool = True, timestep_shift: float = 5.0) -> None:
         super().__init__(weight)
         self.teacher_forcing, self.timestep_shift = teacher_forcing, timestep_shift
+
+    def batch_members(self) -> list[tuple[str, ...]]:
+        return [GROUND_TRUTH]
 
     def generator_loss(self, ctx: StepContext) -> Losses:
         x0 = ctx.real_latents

@@ -33,7 +33,7 @@ from torch import nn
 
 from oneforcing.models.discriminator import DiscriminatorHead
 from oneforcing.models.flow_matching import add_noise, velocity_target
-from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
+from oneforcing.objectives.base import GROUND_TRUTH, Losses, ModuleView, Objective, StepContext
 from oneforcing.objectives.dmd import DMD, critic_flow_loss
 from oneforcing.objectives.timesteps import sample_score_sigma
 
@@ -122,16 +122,18 @@ class GAN(Objective):
         """The head's own AdamW settings, or None when it trains with the critic's optimizer."""
         return None if self.head_lr is None else {"lr": self.head_lr, "betas": self.head_betas}
 
+    def batch_members(self) -> list[tuple[str, ...]]:
+        return [("ode_output",)] if self.real_source == "ode" else [GROUND_TRUTH]
+
+    def describe(self) -> str:
+        return f"{'relativistic GAN' if self.relativistic else 'GAN'}(real_source={self.real_source!r})"
+
     def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
         """Before training: the real samples this objective needs must be in the data."""
         if index is None:
             return []
-        members = index.get("members")  # recorded by `oneforcing data` since the evaluation release
-        if self.real_source == "data" and members is not None and not any(
-                m.split(".")[0] in ("pixels", "latents") for m in members):
-            what = "relativistic GAN" if self.relativistic else "GAN"
-            return [f"{what}(real_source='data') needs real videos, but the training samples carry only "
-                    f"{members}; train on shards with pixels or latents (e.g. `oneforcing data toy`)"]
+        if problems := super().check_data(index, view):
+            return problems
         if self.real_source == "ode" and index.get("kind") != "trajectories":
             return ["GAN(real_source='ode') needs trajectory shards (with ode_output); the train split holds "
                     f"{index.get('kind', index.get('world', 'videos'))} data. Use real_source: data, or train on "

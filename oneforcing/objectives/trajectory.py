@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from oneforcing.models.flow_matching import x0_from_velocity
-from oneforcing.objectives.base import Losses, ModuleView, Objective, StepContext
+from oneforcing.objectives.base import GROUND_TRUTH, Losses, ModuleView, Objective, StepContext
 
 
 def per_block_values(values: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
@@ -51,6 +51,12 @@ class TrajectoryDistillation(Objective):
                              "context is the noisy trajectory states.")
         self.flavour, self.clean_context = flavour, clean_context
 
+    def batch_members(self) -> list[tuple[str, ...]]:
+        members = [("trajectory",), ("trajectory_sigmas",), ("ode_output",)]
+        if self.flavour == "teacher_forcing" and self.clean_context == "ground_truth":
+            members.append(GROUND_TRUTH)
+        return members
+
     def check_data(self, index: dict | None, view: ModuleView | None = None) -> list[str]:
         """Trajectory shards whose snapshots sit at the student's warped steps (docs/algorithms.md §2, §8), and a clean
         context that autoregressive trajectories continue."""
@@ -60,7 +66,7 @@ class TrajectoryDistillation(Objective):
         if snapshots is None:
             return ["TrajectoryDistillation needs trajectory shards (written by `oneforcing data trajectories`); the "
                     "train split's index.json records no snapshot_sigmas."]
-        problems = []
+        problems = super().check_data(index, view)
         steps = list(view.step_sigmas) if view is not None else snapshots
         if len(snapshots) != len(steps) or any(abs(a - b) > 1e-5 for a, b in zip(snapshots, steps)):
             problems.append(
