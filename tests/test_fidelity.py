@@ -142,6 +142,8 @@ def test_ema_or_raw_weights_are_one_flag_and_reports_say_which(teacher_file, tmp
     prompts = ["a large red circle moving left quickly"]
     ema, raw = (sample(loaded, prompts, 0, 1, 1, use_ema=flag) for flag in (True, False))
     assert not torch.allclose(ema, raw), "the flag chooses other weights"
+    assert torch.equal(sample(loaded, prompts, 0, None, 1), loaded.generate(prompts, seed=0)), \
+        "evaluation samples what the module itself generates (its schedule, its EMA)"
     sample_command(["--checkpoint", str(path), "--prompt", prompts[0], "--out", str(tmp_path / "s"), "--ema", "false"])
     assert "raw weights" in capsys.readouterr().out
     assert weights_choice(torch.nn.Module(), None) == "teacher", "a bidirectional teacher has no generator"

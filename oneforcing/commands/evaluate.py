@@ -31,10 +31,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from safetensors.torch import save_file
 
-from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module, weights_choice
+from oneforcing.lightning_modules.checkpoints import load_trained_module, streaming_sampler_from, weights_choice
 from oneforcing.lightning_modules.distillation import DistillationModule
-from oneforcing.sampling.schedules import student_sigmas
-from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators
+from oneforcing.sampling.streaming import per_prompt_generators
 from oneforcing.toy.evaluation import (BANK_SIZE, REAL_SEED, SAMPLES_PER_CAPTION, BankSet, Generate, bank_set,
                                       evaluate_videos, real_toy_set, sample_in_batches, score_bank)
 from oneforcing.toy.exact_bank import BANK_SEED, ExactTeacherSampler
@@ -109,9 +108,8 @@ def generator_of(module, steps: int | None, num_frames: int | None = None, windo
     if not isinstance(module, DistillationModule):
         return lambda prompts, seed: module.generate(prompts, seed=seed, num_steps=steps)
     hp = module.hparams
-    generator = causal_generator_from(module, hp.block_size, hp.first_block_size, window, use_ema=use_ema)
-    sigmas = student_sigmas(steps, hp.warp_shift) if steps else module.step_sigmas
-    sampler = StreamingSampler(generator, sigmas, first_block_sigmas=module.first_block_sigmas, solver=module.solver)
+    sampler, _ = streaming_sampler_from(module, steps=steps, shift=hp.warp_shift, window_frames=window,
+                                        ema=use_ema and module.has_ema)
 
     def generate(prompts: list[str], seed: int) -> torch.Tensor:
         latents = sampler.sample(module.encode_prompts(prompts), num_frames or hp.num_frames, module.latent_shape(),
