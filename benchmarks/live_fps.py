@@ -23,7 +23,7 @@ import torch
 from oneforcing.commands.serve import load_student
 from oneforcing.serving.app import Session, create_app
 
-STUDENT = "docs/study/of_framewise_1step_ffe_seed0/weights.safetensors"
+STUDENT = "assets/study/of_framewise_1step_ffe_seed0.safetensors"
 PROMPT = "a large red circle moving right slowly"
 
 

@@ -76,7 +76,8 @@ def main() -> None:
         (root / "study_probe.py").write_text(PROBE)
         study_args = toy_study.build_parser().parse_args(
             ["--data", args.data, "--teacher", args.teacher, "--out", str(root / "study"), "--results",
-             str(root / "kept"), "--iterations", str(args.iterations), "--eval-every", str(args.iterations),
+             str(root / "kept"), "--artifacts", str(root / "weights"), "--iterations", str(args.iterations),
+             "--eval-every", str(args.iterations),
              *(["--shared-gan-pass"] if args.shared_gan_pass else [])])
         study = toy_study.Study(study_args)
         configs = {}

@@ -10,10 +10,10 @@
 #      evaluated (FD, sharpness, dynamics, attributes, precision/coverage against the bank) and a report written;
 #   5. a side-by-side GIF (rows: the world's own videos, the ODE init at 4 steps, the three 1-step students) and
 #      the One-Forcing student's GIF/MP4 through `oneforcing sample`;
-#   6. when the toy study's students are kept (docs/study/<method>_seed0/weights.safetensors: 1000 iterations
+#   6. when the toy study's students are kept (assets/study/<method>_seed0.safetensors: 1000 iterations
 #      each), their side-by-side GIF and the study's table over every kept seed.
 # Everything goes under runs/demo/ with TensorBoard logs per run. Overrides: DEMO_DIR, DEMO_TEACHER,
-# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_STUDENT_STEPS (iterations of each 1-step student), DEMO_STUDY.
+# DEMO_TRAJECTORIES, DEMO_ODE_STEPS, DEMO_STUDENT_STEPS (iterations of each 1-step student), DEMO_STUDY, DEMO_STUDY_WEIGHTS.
 # Expects `oneforcing` on PATH (the Makefile does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,12 +66,14 @@ oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step"
 oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step" --format mp4 --prompt "${PROMPTS[0]}"
 elapsed
 
-# 6. the study's students (scripts/toy_study.py: 1000 iterations each, kept under docs/study), when they are there
+# 6. the study's students (scripts/toy_study.py: 1000 iterations each; weights kept under assets/study, their
+#    evaluations under docs/study), when they are there
 STUDY="${DEMO_STUDY:-docs/study}"
+STUDY_WEIGHTS="${DEMO_STUDY_WEIGHTS:-assets/study}"
 study_rows=()
 for run in ode_init sf_dmd_4step_seed0 sf_dmd_1step_seed0 of_framewise_1step_seed0 of_framewise_1step_ffe_seed0 \
            of_chunkwise_1step_seed0 of_chunkwise_1step_ffe_seed0 consistency_1step_seed0; do
-  w="$STUDY/$run/weights.safetensors"
+  w="$STUDY_WEIGHTS/$run.safetensors"
   [[ -f "$w" ]] && study_rows+=(--checkpoint "${run%_seed0}=$w")
 done
 if (( ${#study_rows[@]} )); then

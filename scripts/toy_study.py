@@ -1,17 +1,20 @@
 """The toy study: every method from one ODE init, the exact teacher as the real score, over seeds.
 
 From a toy data root and the neural teacher (the critic's starting point), in ``--out`` (working files: shards,
-checkpoints) and ``--results`` (what is kept and committed: a few MB per run):
+checkpoints, evaluations with their sample tensors), ``--results`` (the documents that are kept and committed: a
+few hundred kB per run) and ``--artifacts`` (the weights that are kept: the demo's and the tests' students):
   1. ``OUT/ode``: ODE trajectories of the exact teacher (``oneforcing data trajectories --teacher exact``, 48 Euler
      steps at shift 5, snapshots at the 4 warped steps);
-  2. ``RESULTS/ode_init/weights.safetensors``: one ODE init, the framewise causal student regressed onto them from
-     the neural teacher's weights (``configs/toy/ode_init_framewise.yaml``); every student starts from it;
+  2. ``ARTIFACTS/ode_init.safetensors``: one ODE init, the framewise causal student regressed onto them from
+     the neural teacher's weights (``configs/toy/ode_init_framewise.yaml``), or the export given by ``--ode-init``;
+     every student starts from it, and ``RESULTS/ode_init/`` holds its evaluation;
   3. each method (``METHODS``) for each seed, ``--iterations`` iterations at batch ``--batch-size``, the exact
      teacher as the real score (DMD) / ODE teacher (consistency), the critic from the neural teacher; the
      ``ToyEvaluation`` callback logs ``eval/*`` every ``--eval-every`` iterations, when a checkpoint is written
-     too; then ``oneforcing evaluate`` of its export. Kept in ``RESULTS/<method>_seed<s>/``: the evaluation
-     (``metrics.json``, ``metrics.md``, samples), the TensorBoard events (``events/``: the learning curves), the
-     run's ``config.yaml`` and ``command.txt``, and for seed 0 the float16 weights (the demo's students);
+     too; then ``oneforcing evaluate`` of its export into ``OUT/eval/<run>``. Kept in ``RESULTS/<method>_seed<s>/``:
+     the evaluation (``metrics.json``, ``metrics.md``, ``samples.gif``), the TensorBoard events (``events/``: the
+     learning curves), the run's ``config.yaml`` and ``command.txt``; for seed 0 the float16 weights go to
+     ``ARTIFACTS/<method>_seed0.safetensors`` (the demo's students);
   4. ``RESULTS/report/``: ``oneforcing compare``'s table, ``curves.png`` (each eval metric against iterations, per
      method the mean over seeds with a band of ± one sample std), ``commands.md`` (every command run), ``claims.md``
      (each claim's A − B against the seed spread), ``summary.md`` (the README's table), ``convergence.md`` (each
@@ -29,7 +32,8 @@ distils at w = 1 (``--guidance-scale``): the precision and coverage against the 
 against a target it can reach exactly. Each run is reproduced by ``oneforcing fit --config
 RESULTS/<run>/config.yaml`` (with its ``--out`` paths).
 
-    python scripts/toy_study.py --data data/toy --teacher assets/toy_teacher.safetensors --out runs/study --results docs/study
+    python scripts/toy_study.py --data data/toy --teacher assets/toy_teacher.safetensors --out runs/study \
+        --results docs/study --artifacts assets/study
 """
 
 from __future__ import annotations
@@ -108,8 +112,10 @@ class Study:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.out, self.results = args, Path(args.out), Path(args.results)
-        # the common start: an ODE init kept by another study (--ode-init), else this study's own
-        self.ode_dir = Path(args.ode_init) if args.ode_init else self.results / "ode_init"
+        self.artifacts = Path(args.artifacts)
+        self.ode_dir = self.results / "ode_init"  # the ODE init's evaluation
+        # the common start: an ODE init given by --ode-init (another study's, a longer one), else this study's own
+        self.ode_weights = Path(args.ode_init) if args.ode_init else self.artifacts / "ode_init.safetensors"
         self.commands: list[str] = []
 
     def exact_teacher(self) -> dict:
@@ -222,16 +228,16 @@ class Study:
 
     def ode_init(self) -> Path:
         """The kept ODE init (trained from the exact teacher's trajectories unless it is already kept)."""
-        a, kept = self.args, self.ode_dir / "weights.safetensors"
-        if a.ode_init and not (kept.is_file() and (self.ode_dir / "metrics.json").is_file()):
-            raise SystemExit(f"--ode-init {a.ode_init} is not a kept ODE init (weights.safetensors, config.yaml and "
-                             "metrics.json): point it at a study's RESULTS/ode_init, e.g. docs/study/ode_init.")
+        a, kept = self.args, self.ode_weights
+        if a.ode_init and not kept.is_file():
+            raise SystemExit(f"--ode-init {a.ode_init} does not exist: give an ODE init's exported weights, e.g. "
+                             "assets/study/ode_init.safetensors or assets/toy_ode_init.safetensors.")
         if kept.is_file():
-            frames = yaml.safe_load((kept.parent / "config.yaml").read_text())["model"]["init_args"]["num_frames"]
+            frames = trained_frames(kept)
             if frames != self.num_frames:
-                raise SystemExit(f"The kept ODE init in {kept.parent} was trained on {frames}-frame videos, the data "
-                                 f"{a.data} holds {self.num_frames}-frame ones: point --data at the study's data or "
-                                 "--results at another folder.")
+                raise SystemExit(f"The ODE init {kept} was trained on {frames}-frame videos, the data {a.data} holds "
+                                 f"{self.num_frames}-frame ones: point --data at the study's data, or --artifacts (or "
+                                 "--ode-init) at another init.")
             return kept
         print("== exact-teacher ODE trajectories", flush=True)
         trajectories = self.trajectories()
@@ -240,7 +246,7 @@ class Study:
                              {"root": str(trajectories), "batch_size": 8},
                              {"generator_weights": a.teacher, "objectives": [self.ode_objective()]},
                              evaluate=a.ode_eval)
-        self.keep("ode_init", config, self.fit("ode_init", config), with_weights=True)
+        self.keep("ode_init", config, self.fit("ode_init", config), weights_as=kept)
         return kept
 
     def config_of(self, method: str, seed: int, ode: Path) -> Path:
@@ -271,33 +277,45 @@ class Study:
             return kept
         config = self.config_of(method, seed, ode)
         weights = self.fit(name, config)
-        self.keep(name, config, weights, with_weights=seed == 0)
+        self.keep(name, config, weights, weights_as=self.artifacts / f"{name}.safetensors" if seed == 0 else None)
         self.evaluate(method, seed, weights, kept)  # last: its metrics.json marks the run as done
         return kept
 
-    def keep(self, name: str, config: Path, weights: Path, with_weights: bool) -> None:
-        """Copy what outlives the working files into RESULTS/<name>: config, command, events and the weights."""
+    def keep(self, name: str, config: Path, weights: Path, weights_as: Path | None) -> None:
+        """Copy what outlives the working files into RESULTS/<name> (config, command, events) and the weights to
+        ``weights_as`` (None: not kept)."""
         kept = self.results / name
         (kept / "events").mkdir(parents=True, exist_ok=True)
         shutil.copy2(config, kept / "config.yaml")
         (kept / "command.txt").write_text(f"oneforcing fit --config {kept / 'config.yaml'}\n")
         for events in weights.parent.glob("events.out.tfevents.*"):
             shutil.copy2(events, kept / "events" / events.name)
-        if with_weights:
-            shutil.copy2(weights, kept / "weights.safetensors")
+        if weights_as is not None:
+            weights_as.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(weights, weights_as)
 
     # --- stages 4 and 5: evaluation and report ----------------------------------------------------------
     def evaluate(self, label: str, seed: int, weights: Path, target: Path) -> None:
-        """``oneforcing evaluate`` of ``weights`` into ``target`` (its command appended to command.txt)."""
+        """``oneforcing evaluate`` of ``weights`` into ``OUT/eval/<run>``; its documents (metrics, the samples' GIF)
+        are copied to ``target`` and its command appended to target's command.txt. The sample tensors stay in
+        ``OUT`` (the report's GIF grid reads them there)."""
+        work = self.out / "eval" / target.name
         cmd = [*ONEFORCING, "evaluate", "--checkpoint", str(weights), "--label", label, "--seed", str(seed),
-               "--num-videos", str(self.args.final_videos), "--bank-size", str(self.args.bank_size), "--out", str(target)]
+               "--num-videos", str(self.args.final_videos), "--bank-size", str(self.args.bank_size), "--out", str(work)]
         self.run(cmd, self.out / "logs" / f"eval_{label}_seed{seed}.log")
+        target.mkdir(parents=True, exist_ok=True)
+        for document in ("metrics.md", "samples.gif", "metrics.json"):  # metrics.json last: it marks the run done
+            if (work / document).is_file():
+                shutil.copy2(work / document, target / document)
         with open(target / "command.txt", "a") as f:
             f.write(shlex.join(["oneforcing", *cmd[3:]]) + "\n")
 
     def report(self, targets: list[Path]) -> None:
         report = self.results / "report"
-        self.run([*ONEFORCING, "compare", *map(str, targets), "--out", str(report)], self.out / "logs" / "compare.log")
+        # each run's evaluation in the working files when it is still there (with its sample tensors, for the GIF grid)
+        sources = [self.out / "eval" / t.name if (self.out / "eval" / t.name / "metrics.json").is_file() else t
+                   for t in targets]
+        self.run([*ONEFORCING, "compare", *map(str, sources), "--out", str(report)], self.out / "logs" / "compare.log")
         curves = learning_curves(self.results, self.args.methods, self.args.seeds)
         (report / "curves.json").write_text(json.dumps(curves, indent=1))
         plot_curves(curves, report / "curves.png")
@@ -510,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the neural teacher: the ODE init's and the critics' starting weights")
     p.add_argument("--out", default="runs/study", help="working files (trajectories, checkpoints, logs)")
     p.add_argument("--results", default="docs/study",
-                   help="what is kept: per run its evaluation, events, config and command (seed 0: weights)")
+                   help="the documents that are kept: per run its evaluation, events, config and command")
+    p.add_argument("--artifacts", default="assets/study",
+                   help="the weights that are kept: the ODE init's and each method's seed 0 (<run>.safetensors)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=1000, help="iterations of each student")
@@ -526,9 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consistency-guidance", type=float, default=None,
                    help="w of the consistency teacher's Euler step (default: --guidance-scale); Causal Forcing: w = 3")
     p.add_argument("--bank-size", type=int, default=16, help="exact teacher's (and bank metrics') videos per caption")
-    p.add_argument("--ode-init", default=None, metavar="DIR",
-                   help="start every student from this kept ODE init (another study's RESULTS/ode_init, e.g. "
-                        "docs/study/ode_init) instead of training one: a longer or extra run of the same study")
+    p.add_argument("--ode-init", default=None, metavar="WEIGHTS",
+                   help="start every student from this exported ODE init (e.g. assets/study/ode_init.safetensors, "
+                        "another study's, or assets/toy_ode_init.safetensors) instead of training one; it is evaluated "
+                        "into RESULTS/ode_init")
     p.add_argument("--ode-iterations", type=int, default=600)
     p.add_argument("--trajectories", type=int, default=1024)
     p.add_argument("--trajectory-order", choices=("joint", "autoregressive"), default="joint",
@@ -557,6 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "an interim report while the study runs in parts")
     p.add_argument("--jobs", type=int, default=2)
     return p
+
+
+def trained_frames(weights: Path) -> int:
+    """The video length an exported student was trained on (its ``num_frames``, from the file's metadata)."""
+    from oneforcing.models.wan import safetensors_metadata
+
+    try:
+        return int(json.loads(safetensors_metadata(weights)["hparams"])["num_frames"])
+    except Exception as error:  # not a safetensors export of ours: say which file and what it should be
+        raise SystemExit(f"{weights} is not an exported student (`oneforcing fit` with ExportWeights writes one): "
+                         f"{error}") from None
 
 
 def kept_runs(results: Path, methods: list[str], seeds: list[int]) -> list[Path]:
@@ -595,7 +627,8 @@ def main() -> None:
     if not (study.ode_dir / "metrics.json").is_file():
         study.evaluate("ode_init", 0, ode, study.ode_dir)
     if args.ode_init_only:
-        print(f"ODE init kept in {study.ode_dir}; run again without --ode-init-only for the students.")
+        print(f"ODE init kept as {ode} (its evaluation in {study.ode_dir}); run again without --ode-init-only for "
+              "the students.")
         return
     print("== students", flush=True)
     jobs = [(m, s) for s in args.seeds for m in args.methods]

@@ -118,7 +118,7 @@ def test_bad_input_is_refused_with_the_fix():
         stream.switch_prompt(torch.randn(1, 7, CFG.text_dim))
 
 
-STUDENT = "docs/study/of_framewise_1step_ffe_seed0/weights.safetensors"  # One-Forcing framewise + FFE, the study's
+STUDENT = "assets/study/of_framewise_1step_ffe_seed0.safetensors"  # One-Forcing framewise + FFE, the study's
 
 
 def test_after_a_switch_the_study_student_draws_the_new_prompt():

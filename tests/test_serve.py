@@ -207,9 +207,9 @@ def test_the_command_refuses_a_teacher_and_a_bad_prompt(tmp_path):
     with pytest.raises(ValueError, match="bidirectional teacher, which cannot stream"):
         load_student("assets/toy_teacher.safetensors")
     with pytest.raises(ValueError, match="--prompt: .*outside the toy vocabulary"):
-        load_student("docs/study/of_framewise_1step_ffe_seed0/weights.safetensors", prompt="a purple cow")
+        load_student("assets/study/of_framewise_1step_ffe_seed0.safetensors", prompt="a purple cow")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA device here; use --device cpu"):
-            load_student("docs/study/of_framewise_1step_ffe_seed0/weights.safetensors", device="cuda")
+            load_student("assets/study/of_framewise_1step_ffe_seed0.safetensors", device="cuda")
     text = build_parser().format_help()
     assert "127.0.0.1" in text and "reads no file path" in text

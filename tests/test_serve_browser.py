@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-STUDENT = "docs/study/of_framewise_1step_ffe_seed0/weights.safetensors"
+STUDENT = "assets/study/of_framewise_1step_ffe_seed0.safetensors"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -8,7 +8,7 @@ from conftest import REPO_ROOT as REPO, load_script
 
 from oneforcing.toy.exact_bank import caption_videos
 
-STUDENT = REPO / "docs" / "study" / "sf_dmd_1step_seed0" / "weights.safetensors"  # kept by the study
+STUDENT = REPO / "assets" / "study" / "sf_dmd_1step_seed0.safetensors"  # kept by the study
 PROMPTS = ["a large red circle moving right slowly", "a small blue square moving left quickly"]
 
 

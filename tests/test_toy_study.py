@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import REPO_ROOT as REPO, load_script
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,7 @@ def study_args(toy_study, tmp_path: Path, *extra: str) -> argparse.Namespace:
     (data / "train" / "index.json").write_text('{"num_frames": 6}')
     return toy_study.build_parser().parse_args(["--out", str(tmp_path / "study"), "--teacher", "neural.safetensors",
                                                 "--results", str(tmp_path / "results"),  # not the repository's kept runs
+                                                "--artifacts", str(tmp_path / "artifacts"),
                                                 "--data", str(data), *extra])
 
 
@@ -125,18 +129,28 @@ def fake_commands(tmp_path: Path, ran: list):
             name = Path(cmd[cmd.index("--config") + 1]).stem
             run_dir = tmp_path / "study" / "runs" / name / "version_0"
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "weights.safetensors").write_bytes(b"weights of " + name.encode())
+            frames = yaml.safe_load(Path(cmd[cmd.index("--config") + 1]).read_text())["model"]["init_args"]["num_frames"]
+            save_file({"tag": torch.tensor([float(len(name))])}, str(run_dir / "weights.safetensors"),
+                      metadata={"run": name, "hparams": json.dumps({"num_frames": frames})})
             (run_dir / "events.out.tfevents.1.host").write_bytes(b"events")
         elif cmd[3] == "evaluate":
             out = Path(cmd[cmd.index("--out") + 1])
             out.mkdir(parents=True, exist_ok=True)
             (out / "metrics.json").write_text("{}")
+            (out / "samples.safetensors").write_bytes(b"sample tensors")
 
     return run
 
 
+def run_of(weights: Path) -> str:
+    """The run a fake fit wrote ``weights`` for."""
+    with safe_open(str(weights), framework="pt") as f:
+        return f.metadata()["run"]
+
+
 def test_a_finished_run_is_kept_and_a_kept_run_is_not_trained_again(toy_study, tmp_path, monkeypatch):
-    """What outlives the working files: config, commands, events, the evaluation, and the weights of seed 0 only."""
+    """What outlives the working files: config, commands, events and the evaluation in the results; the weights of
+    seed 0 only, in the artifacts; no sample tensor among the documents."""
     monkeypatch.chdir(REPO)
     study = toy_study.Study(study_args(toy_study, tmp_path, "--results", str(tmp_path / "kept")))
     ran = []
@@ -148,9 +162,11 @@ def test_a_finished_run_is_kept_and_a_kept_run_is_not_trained_again(toy_study, t
         assert yaml.safe_load((kept / "config.yaml").read_text())["seed_everything"] == seed
         fit, evaluate = (kept / "command.txt").read_text().splitlines()
         assert fit == f"oneforcing fit --config {kept / 'config.yaml'}"
-        assert evaluate.startswith("oneforcing evaluate --checkpoint ") and f"--out {kept}" in evaluate
-    assert (tmp_path / "kept" / "sf_dmd_1step_seed0" / "weights.safetensors").read_bytes() == b"weights of sf_dmd_1step_seed0"
-    assert not (tmp_path / "kept" / "sf_dmd_1step_seed1" / "weights.safetensors").exists()
+        assert evaluate.startswith("oneforcing evaluate --checkpoint ")
+        assert f"--out {tmp_path / 'study' / 'eval' / kept.name}" in evaluate
+        assert not (kept / "samples.safetensors").exists() and not (kept / "weights.safetensors").exists()
+    assert run_of(tmp_path / "artifacts" / "sf_dmd_1step_seed0.safetensors") == "sf_dmd_1step_seed0"
+    assert not (tmp_path / "artifacts" / "sf_dmd_1step_seed1.safetensors").exists()
     assert ran == ["fit", "evaluate"] * 2
     study.student("sf_dmd_1step", 1, Path("ode.safetensors"))  # kept: nothing runs, even without working files
     assert ran == ["fit", "evaluate"] * 2
@@ -163,10 +179,11 @@ def test_a_kept_ode_init_skips_the_trajectories_and_its_training(toy_study, tmp_
     monkeypatch.setattr(study, "run", fake_commands(tmp_path, ran))
     weights = study.ode_init()
     assert ran == ["data", "data", "fit"]  # train and val trajectories, then the ODE init
-    assert weights.read_bytes() == b"weights of ode_init" and weights.parent == tmp_path / "kept" / "ode_init"
+    assert run_of(weights) == "ode_init" and weights == tmp_path / "artifacts" / "ode_init.safetensors"
+    assert (tmp_path / "kept" / "ode_init" / "config.yaml").is_file()
     assert study.ode_init() == weights and ran == ["data", "data", "fit"]
     (tmp_path / "toy6" / "train" / "index.json").write_text('{"num_frames": 12}')  # other data, same results
-    with pytest.raises(SystemExit, match="trained on 6-frame videos, the data .* holds 12-frame ones"):
+    with pytest.raises(SystemExit, match="was trained on 6-frame videos, the data .* holds 12-frame ones"):
         study.ode_init()
 
 
@@ -230,7 +247,7 @@ def test_ode_init_only_stops_after_the_kept_and_evaluated_ode_init(toy_study, tm
     monkeypatch.setattr(toy_study.Study, "run", lambda self, cmd, log: fake_commands(tmp_path, ran)(cmd, log))
     monkeypatch.setattr(sys, "argv", ["toy_study.py", "--data", str(data), "--teacher", str(tmp_path / "neural.safetensors"),
                                       "--out", str(tmp_path / "study"), "--results", str(tmp_path / "kept"),
-                                      "--ode-init-only"])
+                                      "--artifacts", str(tmp_path / "artifacts"), "--ode-init-only"])
     toy_study.main()
     assert ran == ["data", "data", "fit", "evaluate"]  # trajectories, the ODE init, its evaluation; no student
     assert (tmp_path / "kept" / "ode_init" / "metrics.json").is_file()
@@ -321,19 +338,20 @@ def test_a_curve_is_flat_only_when_its_last_change_is_within_the_seed_spread(toy
 
 def test_ode_init_option_starts_from_another_studys_kept_init(toy_study, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    kept = tmp_path / "first" / "ode_init"
+    kept = tmp_path / "first" / "ode_init.safetensors"
     args = study_args(toy_study, tmp_path, "--results", str(tmp_path / "long"), "--ode-init", str(kept))
     study = toy_study.Study(args)
     ran = []
     monkeypatch.setattr(study, "run", fake_commands(tmp_path, ran))
-    with pytest.raises(SystemExit, match="--ode-init .* is not a kept ODE init"):
+    with pytest.raises(SystemExit, match="--ode-init .* does not exist"):
         study.ode_init()  # nothing there: no silent training of a new one
-    kept.mkdir(parents=True)
-    (kept / "weights.safetensors").write_bytes(b"the first study's init")
-    (kept / "metrics.json").write_text("{}")
-    (kept / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"num_frames": 6}}}))
-    assert study.ode_init() == kept / "weights.safetensors" and ran == []  # no trajectories, no training
-    assert not (tmp_path / "long" / "ode_init").exists()
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"not a safetensors file")
+    with pytest.raises(SystemExit, match="is not an exported student"):
+        study.ode_init()
+    save_file({"w": torch.zeros(1)}, str(kept), metadata={"hparams": json.dumps({"num_frames": 6})})
+    assert study.ode_init() == kept and ran == []  # no trajectories, no training
+    assert not (tmp_path / "artifacts" / "ode_init.safetensors").exists()
 
 
 def test_milestones_are_the_curves_every_thousand_iterations(toy_study):
@@ -371,7 +389,8 @@ def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy
         return ode, cd
 
     ode, cd = configs("--trajectory-order", "autoregressive", "--ode-flavour", "teacher_forcing",
-                      "--consistency-teacher", "causal", "--results", str(tmp_path / "causal"))
+                      "--consistency-teacher", "causal", "--results", str(tmp_path / "causal"),
+                      "--artifacts", str(tmp_path / "causal_weights"))
     exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
     assert all(c[c.index("--autoregressive") + 1] == "true" for c in exports)
     assert {Path(c[c.index("--out") + 1]).relative_to(tmp_path / "study").as_posix() for c in exports} == {
@@ -383,7 +402,7 @@ def test_causal_settings_reach_the_trajectories_the_ode_init_and_consistency(toy
     cd_config = yaml.safe_load(commands[-1].read_text())
     assert cd_config["data"]["init_args"]["root"].endswith("ode_autoregressive"), "trained on the causal samples"
     commands.clear()
-    ode, cd = configs("--results", str(tmp_path / "joint"))
+    ode, cd = configs("--results", str(tmp_path / "joint"), "--artifacts", str(tmp_path / "joint_weights"))
     exports = [c for c in commands if isinstance(c, list) and c[3] == "data"]
     assert all(c[c.index("--autoregressive") + 1] == "false" for c in exports)
     assert ode["model"]["init_args"]["objectives"][0]["init_args"] == {"weight": 1.0, "flavour": "bidirectional"}

@@ -6,7 +6,7 @@ from conftest import load_script
 from oneforcing.lightning_modules.checkpoints import load_trained_module
 from oneforcing.toy.world import make_video
 
-STUDENT = "docs/study/of_framewise_1step_ffe_seed0/weights.safetensors"
+STUDENT = "assets/study/of_framewise_1step_ffe_seed0.safetensors"
 
 
 def test_swapped_replaces_one_attribute_word():
