@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from oneforcing.engines.memory import (DEEPSPEED_REDUCE_BUCKET, EngineSettings, LiveBytes, RoleSizes, state_bytes,
-                                       traced_peak, unit_size)
+from conftest import TINY_WAN
+from oneforcing.engines.memory import (DEEPSPEED_REDUCE_BUCKET, EngineSettings, LiveBytes, MetaAutocast, RoleSizes,
+                                       state_bytes, traced_peak, unit_size)
+from oneforcing.models.wan import WanConfig
 
 
 class Block(nn.Module):
@@ -257,3 +259,15 @@ def test_meta_autocast_reaches_activation_checkpointings_recompute():
     assert with_checkpointing > 0 and torch.utils.checkpoint.checkpoint.__name__ == "checkpoint"
     with MetaAutocast(torch.bfloat16):
         assert block.qkv(x).dtype == torch.bfloat16 and block(x).dtype == torch.float32  # the residual promotes
+
+
+def test_the_trace_sizes_the_kv_cache_in_the_compute_dtype_as_autocast_does():
+    """bf16-mixed: autocast on the CPU and the meta trace's stand-in both allocate the roll-out's cache in bfloat16."""
+    from oneforcing.models.causal_wan import CausalWanBackbone
+
+    with torch.device("meta"):
+        model = CausalWanBackbone(WanConfig(**TINY_WAN), block_size=1)
+    assert model.new_cache(1, 8, 8, 3).k.dtype == torch.float32
+    with MetaAutocast(torch.bfloat16):
+        assert model.new_cache(1, 8, 8, 3).k.dtype == torch.bfloat16
+    assert model.new_cache(1, 8, 8, 3).k.dtype == torch.float32, "the stand-in ends with the trace"

@@ -138,3 +138,19 @@ def test_a_stream_continued_from_its_own_first_blocks_reproduces_it(solver):
     assert (other[:, 3:] - whole[:, 3:]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="whole number of blocks"):
         sampler.sample(context, 5, LATENT, per_prompt_generators(1, 2), prefix=whole[:, :1])
+
+
+def test_the_kv_cache_is_kept_in_the_dtype_the_blocks_compute_in():
+    """float32 parameters under bf16 autocast (bf16-mixed) compute K and V in bfloat16: the cache holds them so,
+    and a stream through it stays close to the float32 one; outside autocast the cache has the parameters' dtype."""
+    torch.manual_seed(0)
+    model = CausalWanBackbone(CFG, block_size=1).eval()
+    assert model.new_cache(1, 8, 8, 3).k.dtype == torch.float32
+    assert model.new_cache(1, 8, 8, 3, dtype=torch.float16).k.dtype == torch.float16  # an explicit dtype wins
+    context = torch.randn(1, 5, CFG.text_dim)
+    reference = StreamingSampler(model, student_sigmas(1)).sample(context, 3, LATENT, per_prompt_generators(0, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(1, 8, 8, 3)
+        assert cache.k.dtype == cache.v.dtype == torch.bfloat16
+        mixed = StreamingSampler(model, student_sigmas(1)).sample(context, 3, LATENT, per_prompt_generators(0, 1))
+    assert (mixed.float() - reference).abs().max() < 0.1 * reference.abs().max()

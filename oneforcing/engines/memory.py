@@ -52,6 +52,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from oneforcing.models.compute_dtype import traced_autocast
+
 ENGINES = ("ddp", "fsdp2", "zero2", "zero3")
 FP32 = 4
 DEEPSPEED_REDUCE_BUCKET = int(5e8)  # DeepSpeed's default reduce_bucket_size (elements)
@@ -163,6 +165,8 @@ class MetaAutocast(TorchFunctionMode):
         if self._depth == 0:
             self._checkpoint = torch.utils.checkpoint.checkpoint
             torch.utils.checkpoint.checkpoint = self._recomputing_under_casts
+            self._traced = traced_autocast(self.dtype)  # buffers sized in the compute dtype (the KV cache)
+            self._traced.__enter__()
         self._depth += 1
         return super().__enter__()
 
@@ -170,6 +174,7 @@ class MetaAutocast(TorchFunctionMode):
         self._depth -= 1
         if self._depth == 0:
             torch.utils.checkpoint.checkpoint = self._checkpoint
+            self._traced.__exit__(*exc)
         return super().__exit__(*exc)
 
     def _recomputing_under_casts(self, function, *args, use_reentrant: bool | None = None,

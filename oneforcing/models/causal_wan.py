@@ -31,6 +31,7 @@ from oneforcing.models.causal_attention import (
     FramePositionRope,
     KVCache,
 )
+from oneforcing.models.compute_dtype import autocast_dtype
 from oneforcing.models.wan import WanBackbone, WanConfig
 
 
@@ -167,12 +168,16 @@ class CausalWanBackbone(WanBackbone):
     def new_cache(self, batch_size: int, height: int, width: int, num_frames: int,
                   dtype: torch.dtype | None = None, device: torch.device | None = None,
                   keep_gradient: bool = False) -> KVCache:
-        """A cache for a roll-out of ``num_frames`` (or the rolling window, whichever is smaller).
+        """A cache for a roll-out of ``num_frames`` (or the rolling window, whichever is smaller), in the dtype the
+        blocks compute in: ``dtype``, else autocast's where autocast is on (``autocast_dtype``: bf16-mixed keeps float32
+        parameters but computes K and V in bfloat16, so a float32 cache would double its memory and cast every write),
+        else the parameters'.
 
         ``keep_gradient``: the cross-block gradient path of the official roll-out (see ``KVCache``).
         """
         cfg = self.config
         parameter = next(self.parameters())
+        dtype = dtype or autocast_dtype(torch.device(device or parameter.device).type)
         capacity = num_frames if self.window_frames is None else min(self.window_frames, num_frames)
         largest_block = max(self.block_size, self.first_block_size or self.block_size)
         return KVCache(
