@@ -303,7 +303,7 @@ def test_named_terms_count_weight_times_except_the_absolute_ones():
     objective = TwoTerms(weight=0.5)
     assert objective.weighted(torch.tensor(2.0)).item() == 1.0
     assert objective.weighted({"scaled": torch.tensor(2.0), "own": torch.tensor(3.0)}).item() == 4.0
-    with pytest.raises(ValueError, match="no loss terms"):
+    with pytest.raises(ValueError, match="^TwoTerms returned no loss terms"):
         objective.weighted({})
 
 
@@ -321,6 +321,8 @@ def test_each_objective_declares_the_members_it_reads_and_the_data_check_names_t
         TrajectoryDistillation(flavour="teacher_forcing", clean_context="ode_output"): [
             "trajectory", "trajectory_sigmas", "ode_output"],
     }
+    (problem,) = CausalDiffusion().check_data({"members": ["txt"]})
+    assert problem.startswith("CausalDiffusion reads pixels or latents from the batch"), "the objective is named"
     for objective, members in expected.items():
         assert [" or ".join(m) for m in objective.batch_members()] == members, objective.describe()
         prompts_only = {"kind": "trajectories", "snapshot_sigmas": [1.0], "members": ["txt", "json"]}
