@@ -78,7 +78,10 @@ def measure(config: WanConfig, state: dict | None, codec, frames: int, first_blo
     rows = []
     for name, layout in layouts(first_block).items():
         model = student(config, state, layout)
-        variants = [("eager", None)] + ([("compiled", torch.compile(model.forward_cached))] if compile_too else [])
+        # one graph per block offset (static shapes): the warm-up stream compiles each; dynamic shapes trip an inductor
+        # bug on the CPU in torch 2.13 (an undefined size symbol in the generated code)
+        variants = [("eager", None)] + ([("compiled", torch.compile(model.forward_cached, dynamic=False))]
+                                        if compile_too else [])
         for variant, compiled in variants:
             if compiled is not None:
                 model.forward_cached = compiled
@@ -88,7 +91,7 @@ def measure(config: WanConfig, state: dict | None, codec, frames: int, first_blo
                 stream_times(sampler, context, frames, codec, decode)  # warm-up (and compilation)
                 best = min((summarise(stream_times(sampler, context, frames, codec, decode)) for _ in range(repeats)),
                            key=lambda r: -r["fps"])
-                rows.append(dict(layout=name, variant=variant, decode=decode, cache_dtype=str(cache.dtype), **best))
+                rows.append(dict(layout=name, variant=variant, decode=decode, cache_dtype=str(cache.k.dtype).removeprefix("torch."), **best))
             if compiled is not None:
                 del model.forward_cached  # the class's method again
     return rows
@@ -104,6 +107,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * args.frames)
     torch.manual_seed(0)
     config, state, codec = TOY, None, SpaceToDepthCodec(factor=2)
     if args.checkpoint:
