@@ -49,7 +49,8 @@ fi
 echo "== 2-4/6 exact-teacher trajectories ($TRAJECTORIES videos), ODE init ($ODE_STEPS iterations), the 1-step"
 echo "   students ($STUDENT_STEPS iterations each, two at a time on one thread each), their evaluation and report"
 python scripts/toy_study.py --data "$DEMO_DIR/data" --teacher "$TEACHER" --out "$DEMO_DIR/work" \
-  --results "$DEMO_DIR/results" --methods "${METHODS[@]}" --seeds 0 --iterations "$STUDENT_STEPS" \
+  --results "$DEMO_DIR/results" --artifacts "$DEMO_DIR/weights" --methods "${METHODS[@]}" --seeds 0 \
+  --iterations "$STUDENT_STEPS" \
   --ode-iterations "$ODE_STEPS" --trajectories "$TRAJECTORIES" --eval-every 50 --eval-videos 8 --final-videos 16 \
   --jobs 2
 elapsed
@@ -57,10 +58,10 @@ elapsed
 echo "== 5/6 samples"
 export OMP_NUM_THREADS=2
 prompt_args=(); for p in "${PROMPTS[@]}"; do prompt_args+=(--prompt "$p"); done
-rows=(--checkpoint world=world --checkpoint "ode_init=$DEMO_DIR/results/ode_init/weights.safetensors")
-for m in "${METHODS[@]}"; do rows+=(--checkpoint "$m=$DEMO_DIR/results/${m}_seed0/weights.safetensors"); done
+rows=(--checkpoint world=world --checkpoint "ode_init=$DEMO_DIR/weights/ode_init.safetensors")
+for m in "${METHODS[@]}"; do rows+=(--checkpoint "$m=$DEMO_DIR/weights/${m}_seed0.safetensors"); done
 python scripts/side_by_side.py --out "$DEMO_DIR/side_by_side.gif" "${rows[@]}" "${prompt_args[@]}"
-OF="$DEMO_DIR/results/of_framewise_1step_seed0/weights.safetensors"
+OF="$DEMO_DIR/weights/of_framewise_1step_seed0.safetensors"
 rm -rf "$DEMO_DIR/samples"
 oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step" --format gif "${prompt_args[@]}"
 oneforcing sample --checkpoint "$OF" --out "$DEMO_DIR/samples/one_forcing_1step" --format mp4 --prompt "${PROMPTS[0]}"
@@ -88,7 +89,7 @@ echo
 echo "Done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s."
 echo "  side by side (rows: the world's videos, ODE init at 4 steps, then 1 step: Self-Forcing DMD, One-Forcing,"
 echo "  consistency): $DEMO_DIR/side_by_side.gif"
-echo "  each run's evaluation (metrics.md, samples.gif) in $DEMO_DIR/results/<run>/, the report (table, learning"
+echo "  each run's evaluation (metrics.md, samples.gif) in $DEMO_DIR/results/<run>/ (weights: $DEMO_DIR/weights/), the report (table, learning"
 echo "  curves, claims) in $DEMO_DIR/results/report/; One-Forcing's GIFs/MP4: $DEMO_DIR/samples/"
 echo "  TensorBoard logs: $DEMO_DIR/work/runs/<run>/version_0   (view with: tensorboard --logdir $DEMO_DIR/work/runs)"
 echo "  watch a student live in the browser (prompts switchable mid-stream; Ctrl+C stops):"
