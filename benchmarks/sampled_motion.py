@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from next_frame_probe import centroid  # noqa: E402
 
 from oneforcing.commands.evaluate import sample  # noqa: E402
-from oneforcing.lightning_modules.checkpoints import causal_generator_from  # noqa: E402
-from oneforcing.lightning_modules.checkpoints import load_trained_module  # noqa: E402
+from oneforcing.lightning_modules.checkpoints import causal_generator_from, load_trained_module  # noqa: E402
 from oneforcing.sampling.schedules import student_sigmas  # noqa: E402
 from oneforcing.sampling.streaming import StreamingSampler, per_prompt_generators  # noqa: E402
 from oneforcing.toy.attributes import measure_video, one_object_attributes  # noqa: E402

@@ -36,8 +36,7 @@ from oneforcing.data.prompt_cache import PROMPT_MEMBER, pad_contexts
 from oneforcing.engines.deepspeed import EngineRole, FrozenRole
 from oneforcing.engines.steps import role_steps_of
 from oneforcing.lightning_modules import roles as role_building
-from oneforcing.lightning_modules.components import LatentCodec
-from oneforcing.lightning_modules.components import TextEncoder
+from oneforcing.lightning_modules.components import LatentCodec, TextEncoder
 from oneforcing.lightning_modules.distillation_checks import cached_prompt_problems, config_problems
 from oneforcing.lightning_modules.ema import update_ema
 from oneforcing.lightning_modules.micro_batches import split_batch

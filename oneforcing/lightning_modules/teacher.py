@@ -17,8 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from oneforcing.lightning_modules.components import LatentCodec
-from oneforcing.lightning_modules.components import TextEncoder
+from oneforcing.lightning_modules.components import LatentCodec, TextEncoder
 from oneforcing.lightning_modules.nonfinite import NonFiniteGuard
 from oneforcing.models.flow_matching import add_noise, euler_sigmas, shift_sigma, velocity_target
 from oneforcing.models.wan import WanBackbone, WanConfig

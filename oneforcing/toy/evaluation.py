@@ -115,8 +115,9 @@ def evaluate_videos(
     """All toy metrics of fake videos against real ones: fd, kid, kid_std, sharpness_ratio, dynamics_ratio,
     flicker_excess, attr_{colour,direction,shape,found} (and attr_videos scored), and drift when
     ``long_fake`` (B', F ≥ 4·window, 3, H, W) is given. ``captions`` are the prompts of ``fake``."""
-    from oneforcing.evaluation.metrics import (check_pair, drift, dynamics_ratio, frechet_and_kid,  # torchmetrics:
-                                               sharpness_ratio, temporal_consistency)  # imported when used
+    from oneforcing.evaluation.metrics import (  # torchmetrics: imported when used
+        check_pair, drift, dynamics_ratio, frechet_and_kid, sharpness_ratio, temporal_consistency)
+
     check_pair(fake, real)
     results = frechet_and_kid(fake, real, net)
     results["sharpness_ratio"] = sharpness_ratio(fake, real)
